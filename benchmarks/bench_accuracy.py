@@ -1,0 +1,403 @@
+"""Accuracy against FLOPs: all-MiniLM-L6-v2 on the movie-review sentences (issue 8, part 1).
+
+Setup. The real MiniLM (`hf_prune.assets.minilm_dir()`) is fine-tuned densely for one epoch (batch 32) on the
+seeded 80/20 split of `hf_prune.assets.movie_reviews(seed=0)` (~8058 train / 2014 validation) and cached under
+benchmarks/cache/ (git-ignored). Every pruned model starts from that cached dense model and is evaluated on the
+full validation split (max_seq_length 64, dynamic padding, batch 128, torch.inference_mode).
+
+Modes.
+- ``retrain-free``: score on a calibration slice of the training split (3 disjoint slices), plan the FLOPs
+  budget, prune + least-squares mask tuning (`hf_prune.tune_masks`) on the same slice, no training.
+  Gradient methods (gradient, fisher, taylor) put heads and neurons on one loss scale and use the joint
+  search `plan_from_flops`; l2, activation and random cannot compare heads with neurons, so they remove the
+  same fraction of heads and FFN neurons from every layer (`plan_from_sparsity(scope="layer")`), which
+  removes that fraction of the layer FLOPs. One scoring per (method, slice) serves every budget.
+- ``fine-tuned``: `HeadPruningCallback(flops_reduction=r, importance=...)` inside `DistillationTrainer`
+  (teacher: the dense fine-tuned model), at most one epoch, from the dense fine-tuned model.
+
+FLOPs: `hf_prune.count_flops` (transformer layers only) at seq_len 64. Reported `flops_reduction` is the
+nominal budget; `flops_reduction_actual` the measured one of the pruned model.
+
+    .venv/bin/python benchmarks/bench_accuracy.py --quick          # smoke run (~1-2 min), writes to cache/quick
+    .venv/bin/python benchmarks/bench_accuracy.py                  # full grid (resumes from cached runs)
+    .venv/bin/python benchmarks/bench_accuracy.py --skip-retrain-free --ft-reductions 0.7 --ft-seeds 0 1 2
+
+Raw runs are cached in <cache>/accuracy_runs.json (one entry per run, written atomically after each run) so an
+interrupted run resumes; the aggregated rows go to results/accuracy.json and the plot to results/accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from hf_prune import (  # noqa: E402
+    DistillationTrainer,
+    HeadPruningCallback,
+    compute_importance,
+    count_flops,
+    plan_from_flops,
+    plan_from_sparsity,
+    tune_masks,
+)
+from hf_prune.assets import minilm_dir, movie_reviews  # noqa: E402
+from hf_prune.atomic import atomic_write_json  # noqa: E402
+from hf_prune.shapes import layer_shapes  # noqa: E402
+
+GRADIENT_METHODS = ("gradient", "fisher", "taylor")
+ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
+SEQ_LEN = 64
+PEER = {"TextPruner (iterative Taylor)": 0.834, "Torch-Pruning Taylor (best)": 0.831, "random (issue)": 0.69}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def tokenize(tokenizer, split, limit=None):
+    sentences, labels = split["sentence"], split["label"]
+    if limit is not None:
+        sentences, labels = sentences[:limit], labels[:limit]
+    enc = tokenizer(sentences, truncation=True, max_length=SEQ_LEN)
+    return [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i],
+             "attention_mask": enc["attention_mask"][i], "labels": labels[i]} for i in range(len(labels))]
+
+
+def collate(examples, pad_id=0):
+    width = max(len(e["input_ids"]) for e in examples)
+    out = {}
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        pad = pad_id if key == "input_ids" else 0
+        out[key] = torch.tensor([e[key] + [pad] * (width - len(e[key])) for e in examples], dtype=torch.long)
+    out["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    return out
+
+
+def batches(examples, size, shuffle_seed=None):
+    order = list(range(len(examples)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+
+
+def eval_batches(examples, size=128):
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
+    return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+
+
+@torch.inference_mode()
+def accuracy(model, val_batches) -> float:
+    model.eval()
+    right = total = 0
+    for b in val_batches:
+        logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
+        right += int((logits.argmax(-1) == b["labels"]).sum())
+        total += len(b["labels"])
+    return right / total
+
+
+# ----------------------------------------------------------------------------- dense fine-tuning
+
+
+def dense_model(args, tokenizer, train):
+    """The dense model fine-tuned for one epoch, cached under the cache folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = args.cache / "minilm-movie-dense"
+    if (folder / "config.json").exists():
+        return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
+    data = batches(train, 32, shuffle_seed=0)
+    if args.dense_steps is not None:
+        data = data[:args.dense_steps]
+    optim = torch.optim.AdamW(model.parameters(), lr=args.dense_lr, weight_decay=0.01)
+    warmup = max(1, len(data) // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min((s + 1) / warmup, max(0.0, (len(data) - s) / max(1, len(data) - warmup))))
+    model.train()
+    bar = tqdm(data, desc="dense fine-tuning (1 epoch)")
+    for b in bar:
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        optim.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return model
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def load_runs(path: Path) -> dict:
+    if path.exists():
+        import json
+
+        return json.loads(path.read_text())
+    return {}
+
+
+def run_key(method, mode, reduction, rep):
+    return f"{method}|{mode}|{reduction:.2f}|{rep}"
+
+
+def base_method(name: str) -> tuple[str, dict]:
+    """'fisher' or a variant like 'fisher+cal1024' / 'fisher+labelfree' -> (method, options)."""
+    method, *tags = name.split("+")
+    opts = {"calib": None, "label_free": False}
+    for tag in tags:
+        if tag.startswith("cal"):
+            opts["calib"] = int(tag[3:])
+        elif tag == "labelfree":
+            opts["label_free"] = True
+        elif tag == "global":
+            opts["scope"] = "global"
+        else:
+            raise ValueError(f"unknown variant tag {tag!r} in {name!r}")
+    return method, opts
+
+
+def plan_for(method, scores, model, reduction, opts):
+    if method in GRADIENT_METHODS:
+        return plan_from_flops(scores, model, flops_fraction=1.0 - reduction, seq_len=SEQ_LEN)
+    return plan_from_sparsity(scores, head_sparsity=reduction, ffn_sparsity=reduction,
+                              scope=opts.get("scope", "layer"))
+
+
+def retrain_free(args, dense, train, val_b, runs, save):
+    dense_flops = count_flops(dense, seq_len=SEQ_LEN)
+    for name in args.methods:
+        method, opts = base_method(name)
+        size = opts["calib"] or args.calib_size
+        for rep in range(args.slices):
+            todo = [r for r in args.reductions if run_key(name, "retrain-free", r, rep) not in runs]
+            if not todo:
+                continue
+            calib = batches(train[rep * size:(rep + 1) * size], 32)
+            t0 = time.time()
+            scores = compute_importance(dense, calib, method=method, label_free=opts["label_free"], seed=rep,
+                                        progress=False)
+            t_score = time.time() - t0
+            for r in tqdm(todo, desc=f"{name} slice {rep}"):
+                model = copy.deepcopy(dense)
+                plan = plan_for(method, scores, model, r, opts)
+                t1 = time.time()
+                tune_masks(model, plan, calib)
+                t_tune = time.time() - t1
+                acc = accuracy(model, val_b)
+                flops = count_flops(model, seq_len=SEQ_LEN)
+                shapes = layer_shapes(model)
+                runs[run_key(name, "retrain-free", r, rep)] = {
+                    "method": name, "mode": "retrain-free", "flops_reduction": r, "rep": rep, "accuracy": acc,
+                    "flops_reduction_actual": 1 - flops / dense_flops, "calibration_sentences": size,
+                    "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
+                    "seconds_scoring": t_score, "seconds_mask_tuning": t_tune,
+                }
+                tqdm.write(f"retrain-free {name:>18} r={r:.1f} slice={rep}: acc {acc:.4f} "
+                           f"(FLOPs -{1 - flops / dense_flops:.3f})")
+                save()
+
+
+def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    dense_flops = count_flops(dense, seq_len=SEQ_LEN)
+    collator = DataCollatorWithPadding(tokenizer)
+    train_ds = [{k: v for k, v in e.items()} for e in train]
+    for method in args.ft_methods:
+        for r in args.ft_reductions:
+            for seed in args.ft_seeds:
+                key = run_key(method, "fine-tuned", r, seed)
+                if key in runs:
+                    continue
+                model = copy.deepcopy(dense).train()
+                steps = args.ft_steps
+                callback = HeadPruningCallback(
+                    flops_reduction=r, importance=method, start_step=args.ft_start, end_step=args.ft_end,
+                    num_events=args.ft_events, schedule="cubic", seq_len=SEQ_LEN)
+                targs = TrainingArguments(
+                    output_dir=str(args.cache / "ft-work"), max_steps=steps, per_device_train_batch_size=32,
+                    learning_rate=args.ft_lr, warmup_steps=10, lr_scheduler_type="linear", weight_decay=0.01,
+                    logging_steps=50, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+                    disable_tqdm=False)
+                trainer = DistillationTrainer(
+                    model=model, args=targs, train_dataset=train_ds, data_collator=collator, callbacks=[callback],
+                    teacher=copy.deepcopy(dense), alpha=args.ft_alpha, temperature=2.0)
+                t0 = time.time()
+                trainer.train()
+                acc = accuracy(trainer.model, val_b)
+                flops = count_flops(trainer.model, seq_len=SEQ_LEN)
+                shapes = layer_shapes(trainer.model)
+                runs[key] = {
+                    "method": method, "mode": "fine-tuned", "flops_reduction": r, "rep": seed, "accuracy": acc,
+                    "flops_reduction_actual": 1 - flops / dense_flops, "steps": steps,
+                    "epochs": steps * 32 / len(train), "distill_alpha": args.ft_alpha,
+                    "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
+                    "seconds_training": time.time() - t0,
+                }
+                tqdm.write(f"fine-tuned {method} r={r:.1f} seed={seed}: acc {acc:.4f} (FLOPs -{1 - flops / dense_flops:.3f})")
+                save()
+
+
+# ----------------------------------------------------------------------------- aggregation and plot
+
+
+def aggregate(runs: dict, dense_acc: float) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs.values():
+        groups.setdefault((run["method"], run["mode"], run["flops_reduction"]), []).append(run)
+    rows = []
+    for (method, mode, r), group in sorted(groups.items()):
+        accs = [g["accuracy"] for g in sorted(group, key=lambda g: g["rep"])]
+        rows.append({
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (fine-tuned 1 epoch)", "task": "movie-reviews (rotten tomatoes sentences)",
+            "method": method, "mode": mode, "flops_reduction": r,
+            "flops_reduction_actual": statistics.mean(g["flops_reduction_actual"] for g in group),
+            "metric_name": "accuracy", "metric": statistics.mean(accs),
+            "metric_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "runs": len(accs),
+            "metric_runs": accs, "dense_metric": dense_acc,
+            "delta_points": 100 * (statistics.mean(accs) - dense_acc),
+            "repeat_over": "calibration slices" if mode == "retrain-free" else "training seeds",
+        })
+    return rows
+
+
+def plot(rows, dense_acc, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    lines = sorted({(r["method"], r["mode"]) for r in rows})
+    for method, mode in lines:
+        pts = sorted((r["flops_reduction"], r["metric"], r["metric_sd"]) for r in rows
+                     if r["method"] == method and r["mode"] == mode)
+        xs, ys, es = zip(*pts)
+        style = "-o" if mode == "retrain-free" else "--s"
+        ax.errorbar([100 * x for x in xs], ys, yerr=es, fmt=style, capsize=3, label=f"{method} ({mode})")
+    ax.axhline(dense_acc, color="k", lw=1, label=f"dense {dense_acc:.3f}")
+    ax.axhline(dense_acc - 0.01, color="k", lw=0.8, ls=":", label="dense - 1 point")
+    ax.plot([50], [0.834], "k*", ms=12, label="TextPruner 0.834 (issue)")
+    ax.set_xlabel("FLOPs reduction of the transformer layers (%) at seq_len 64")
+    ax.set_ylabel("validation accuracy (2014 sentences)")
+    ax.set_title("MiniLM-L6 on movie reviews: accuracy vs FLOPs (mean +- sd over 3 runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny smoke run; writes under <cache>/quick")
+    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS),
+                   help="methods, or variants such as fisher+cal1024, fisher+labelfree, l2+global")
+    p.add_argument("--reductions", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    p.add_argument("--slices", type=int, default=3, help="disjoint calibration slices of the training split")
+    p.add_argument("--calib-size", type=int, default=256, help="calibration sentences per slice")
+    p.add_argument("--skip-retrain-free", action="store_true")
+    p.add_argument("--skip-fine-tuned", action="store_true")
+    p.add_argument("--ft-methods", nargs="+", default=["fisher"])
+    p.add_argument("--ft-reductions", nargs="+", type=float, default=[0.7, 0.8])
+    p.add_argument("--ft-seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--ft-steps", type=int, default=200, help="<= one epoch (252 steps of 32)")
+    p.add_argument("--ft-start", type=int, default=10)
+    p.add_argument("--ft-end", type=int, default=110)
+    p.add_argument("--ft-events", type=int, default=4)
+    p.add_argument("--ft-lr", type=float, default=1e-4)
+    p.add_argument("--ft-alpha", type=float, default=0.5)
+    p.add_argument("--dense-lr", type=float, default=1e-4)
+    p.add_argument("--dense-steps", type=int, default=None, help="truncate the dense epoch (quick mode)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=HERE / "cache")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.cache, args.results = args.cache / "quick", args.cache / "quick"
+        args.methods = args.methods if args.methods != list(ALL_METHODS) else ["fisher", "random"]
+        args.reductions, args.slices, args.calib_size = [0.5], 2, 32
+        args.ft_reductions, args.ft_steps, args.ft_start, args.ft_end, args.ft_events = [0.5], 6, 1, 3, 2
+        args.dense_steps = 8
+    args.cache.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    train_split, val_split = movie_reviews(seed=0, validation_fraction=0.2)
+    train = tokenize(tokenizer, train_split)
+    val = tokenize(tokenizer, val_split, limit=128 if args.quick else None)
+    val_b = eval_batches(val)
+    print(f"train {len(train)} / validation {len(val)} sentences; torch threads {torch.get_num_threads()}")
+
+    dense = dense_model(args, tokenizer, train)
+    runs_path = args.cache / "accuracy_runs.json"
+    runs = load_runs(runs_path)
+    if "dense" not in runs:
+        t0 = time.time()
+        runs["dense"] = {"accuracy": accuracy(dense, val_b), "seconds_eval": time.time() - t0}
+        atomic_write_json(runs_path, runs)
+    dense_acc = runs["dense"]["accuracy"]
+    print(f"dense accuracy {dense_acc:.4f} (eval {runs['dense']['seconds_eval']:.1f} s); "
+          f"layer FLOPs at seq {SEQ_LEN}: {count_flops(dense, seq_len=SEQ_LEN):.4g}")
+
+    def save():
+        atomic_write_json(runs_path, runs)
+        pruned = {k: v for k, v in runs.items() if k != "dense"}
+        rows = aggregate(pruned, dense_acc)
+        atomic_write_json(args.results / "accuracy.json", {
+            "rows": rows,
+            "setup": {
+                "model": str(minilm_dir()), "dense_fine_tuning": f"1 epoch, batch 32, AdamW lr {args.dense_lr}",
+                "train_sentences": len(train), "validation_sentences": len(val), "max_seq_length": SEQ_LEN,
+                "flops": "hf_prune.count_flops (transformer layers) at seq_len 64",
+                "calibration": f"{args.slices} disjoint slices of {args.calib_size} training sentences (variants +calN: N)",
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} shared CPU cores, "
+                           f"torch {torch.__version__}",
+                "peers_from_issue": PEER,
+            },
+        })
+        if rows:
+            plot(rows, dense_acc, args.results / "accuracy.png")
+
+    if not args.skip_retrain_free:
+        retrain_free(args, dense, train, val_b, runs, save)
+    if not args.skip_fine_tuned:
+        fine_tuned(args, dense, tokenizer, train, val_b, runs, save)
+    save()
+    for row in aggregate({k: v for k, v in runs.items() if k != "dense"}, dense_acc):
+        print(f"{row['method']:>18} {row['mode']:>12} -{row['flops_reduction']:.0%}: {row['metric']:.4f} "
+              f"+- {row['metric_sd']:.4f} ({row['delta_points']:+.2f} pt, n={row['runs']})")
+
+
+if __name__ == "__main__":
+    main()

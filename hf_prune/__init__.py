@@ -1,0 +1,46 @@
+"""hf_prune: remove attention heads and FFN neurons from transformers v5 models, and reload them anywhere."""
+
+from .callback import HeadPruningCallback, resize_to_checkpoint
+from .config_entry import read_config_entry, write_config_entry
+from .counting import count_flops, count_parameters
+from .distillation import DistillationTrainer, distillation_loss
+from .gates import attach_gates
+from .importance import METHODS as IMPORTANCE_METHODS
+from .importance import ImportanceScores, compute_importance
+from .latency import LatencyStats, measure_latency
+from .layouts import Layout, get_layout, supported_model_types
+from .loading import load_pruned
+from .mask_tuning import tune_masks
+from .plan import PruningPlan, plan_from_flops, plan_from_sparsity
+from .shapes import LayerShape, layer_shapes
+from .surgery import prune_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPORTANCE_METHODS",
+    "DistillationTrainer",
+    "HeadPruningCallback",
+    "ImportanceScores",
+    "LatencyStats",
+    "LayerShape",
+    "Layout",
+    "PruningPlan",
+    "attach_gates",
+    "compute_importance",
+    "count_flops",
+    "count_parameters",
+    "distillation_loss",
+    "get_layout",
+    "layer_shapes",
+    "load_pruned",
+    "measure_latency",
+    "plan_from_flops",
+    "plan_from_sparsity",
+    "prune_model",
+    "read_config_entry",
+    "resize_to_checkpoint",
+    "supported_model_types",
+    "tune_masks",
+    "write_config_entry",
+]

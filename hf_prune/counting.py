@@ -1,0 +1,53 @@
+"""Parameter and FLOPs counts of any supported model, dense or pruned.
+
+FLOPs are counted analytically for the transformer layers only (what pruning changes), as
+2 x multiply-accumulates of one forward pass over `batch_size` sequences of `seq_len` tokens:
+
+    per layer:  q/k/v/o projections   2*T*H*(h*d + 2*k*d) + 2*T*(h*d)*H
+                attention scores      2*T*T*h*d   (Q K^T)   + 2*T*T*h*d (A V)
+                FFN                   2*T*H*F * (2, or 3 with a SwiGLU gate)
+
+with T tokens, hidden size H, h query heads, k key/value heads, head size d, FFN width F. Biases,
+norms, softmax and activations are left out (they are < 1% at these sizes). `tests/test_counting.py`
+checks the formula against torch's FlopCounterMode on a real forward pass.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .layouts import get_layers, get_layout
+from .shapes import layer_shapes
+
+
+def count_parameters(model: nn.Module, layers_only: bool = False) -> int:
+    """Number of parameters (shared/tied tensors counted once); `layers_only` counts the transformer layers."""
+    module = get_layers(model) if layers_only else model
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def layer_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, seq_len: int, gated: bool) -> int:
+    """FLOPs of one transformer layer on one sequence of `seq_len` tokens (formula in the module docstring)."""
+    T, H, d = seq_len, hidden, head_dim
+    projections = 2 * T * H * (heads * d + 2 * kv_heads * d) + 2 * T * heads * d * H
+    attention = 2 * 2 * T * T * heads * d
+    feed_forward = 2 * T * H * ffn * (3 if gated else 2)
+    return projections + attention + feed_forward
+
+
+def count_flops(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> int:
+    """FLOPs of the transformer layers of one forward pass (see the module docstring)."""
+    if seq_len <= 0 or batch_size <= 0:
+        raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
+    layout = get_layout(model)
+    hidden = model.config.hidden_size
+    total = sum(
+        layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, seq_len, layout.gate is not None)
+        for s in layer_shapes(model)
+    )
+    return total * batch_size

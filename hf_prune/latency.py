@@ -1,0 +1,132 @@
+"""Wall-clock latency of forward passes, with several models alternated in one process.
+
+Timing models one after the other lets CPU frequency, other processes and cache state drift between
+them; alternating them round-robin (A, B, A, B, ...) exposes every model to the same conditions, so
+ratios of the medians are meaningful even on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one model's forward pass over `batch_size` sequences of `seq_len` tokens."""
+
+    median_s: float
+    p10_s: float
+    p90_s: float
+    throughput: float  # sequences per second at the median latency
+    batch_size: int
+    seq_len: int
+    repeats: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of `values`, linearly interpolated between order statistics."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _vocab_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    size = getattr(config, "vocab_size", None)
+    if size is None and hasattr(model, "get_input_embeddings"):
+        size = model.get_input_embeddings().num_embeddings
+    if not size:
+        raise ValueError(f"cannot tell the vocabulary size of {type(model).__name__}")
+    return int(size)
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(
+    models: dict[str, nn.Module],
+    batch_size: int = 8,
+    seq_len: int = 128,
+    repeats: int = 20,
+    warmup: int = 3,
+    num_threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, LatencyStats]:
+    """Time forward passes of `models`, alternated round-robin in this process; {name: LatencyStats}.
+
+    Every model sees the same random `input_ids` (drawn below the smallest vocabulary) with an
+    all-ones attention mask, under `torch.inference_mode` and in eval mode (training mode is
+    restored afterwards). `warmup` untimed rounds come first. `num_threads`, when given, sets
+    `torch.set_num_threads` for the measurement and restores the previous value afterwards.
+    """
+    if not models:
+        raise ValueError("`models` is empty: give at least one {name: model}")
+    for name, value in {"batch_size": batch_size, "seq_len": seq_len, "repeats": repeats}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads <= 0):
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+
+    vocab = min(_vocab_size(m) for m in models.values())
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator)  # (B, T)
+    inputs = {}
+    for name, model in models.items():
+        device = _device(model)
+        inputs[name] = {
+            "input_ids": input_ids.to(device),  # (B, T)
+            "attention_mask": torch.ones_like(input_ids, device=device),  # (B, T)
+        }
+
+    was_training = {name: model.training for name, model in models.items()}
+    old_threads = torch.get_num_threads()
+    times: dict[str, list[float]] = {name: [] for name in models}
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        for model in models.values():
+            model.eval()
+        with torch.inference_mode():
+            for round_idx in range(warmup + repeats):
+                for name, model in models.items():  # round-robin: A, B, A, B, ...
+                    device = _device(model)
+                    _sync(device)
+                    start = time.perf_counter()
+                    model(**inputs[name])
+                    _sync(device)
+                    elapsed = time.perf_counter() - start
+                    if round_idx >= warmup:
+                        times[name].append(elapsed)
+    finally:
+        torch.set_num_threads(old_threads)
+        for name, model in models.items():
+            model.train(was_training[name])
+
+    stats = {}
+    for name, samples in times.items():
+        median = percentile(samples, 50)
+        stats[name] = LatencyStats(
+            median_s=median,
+            p10_s=percentile(samples, 10),
+            p90_s=percentile(samples, 90),
+            throughput=batch_size / median,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            repeats=repeats,
+        )
+    return stats

@@ -1,0 +1,303 @@
+"""Physical removal of attention heads and FFN neurons: slice weights in place, patch attributes and config.
+
+`prune_model` validates the whole request first and only then changes anything, so a bad request
+leaves the model untouched. Parameters keep their identity (their `.data` is replaced by a slice),
+so dtype, device, requires_grad and references held elsewhere survive.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .config_entry import write_config_entry
+from .layouts import Layout, get_layers, get_layout, get_submodule
+from .shapes import LayerShape, layer_shape, layer_shapes
+
+# ----------------------------------------------------------------------------- weight slicing
+
+
+def _slice_param(param: nn.Parameter | None, dim: int, keep: torch.Tensor, state=None) -> None:
+    """Keep entries `keep` of `param` along `dim`, in place on the same Parameter, its grad and its optimizer state.
+
+    `state` is an optimizer's `state` mapping (param -> {"exp_avg": ..., "step": ...}); every per-element
+    tensor in it (same shape as the parameter) is sliced the same way, so Adam's moments keep matching.
+    """
+    if param is None:
+        return
+    index = keep.to(param.device)
+    if state is not None and param in state:
+        for key, value in state[param].items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                state[param][key] = value.index_select(dim, index.to(value.device)).contiguous()
+    param.data = param.data.index_select(dim, index).contiguous()
+    if param.grad is not None:
+        param.grad = param.grad.index_select(dim, index).contiguous()
+
+
+def slice_outputs(module: nn.Module, keep: torch.Tensor, conv1d: bool = False, state=None) -> None:
+    """Keep output features `keep` of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
+    _slice_param(module.weight, 1 if conv1d else 0, keep, state)
+    _slice_param(getattr(module, "bias", None), 0, keep, state)
+    if conv1d:
+        module.nf = len(keep)
+    else:
+        module.out_features = len(keep)
+
+
+def slice_inputs(module: nn.Module, keep: torch.Tensor, conv1d: bool = False, state=None) -> None:
+    """Keep input features `keep` of a Linear or Conv1D (the bias is per output and stays)."""
+    _slice_param(module.weight, 0 if conv1d else 1, keep, state)
+    if conv1d:
+        module.nx = len(keep)
+    else:
+        module.in_features = len(keep)
+
+
+def head_columns(heads: Iterable[int], head_dim: int) -> torch.Tensor:
+    """Feature indices of the given heads in a head-major layout: head h owns [h*d, (h+1)*d)."""
+    heads = torch.as_tensor(list(heads), dtype=torch.long)
+    # (n_heads, 1) * d + (1, d) -> (n_heads, d) -> (n_heads * d,)
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- empty blocks
+
+
+def _find_cache(kwargs: dict):
+    cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("past_key_value")))
+    return getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache -> its self-attention part
+
+
+def _bias_output(proj: nn.Module, conv1d: bool, hidden_states: torch.Tensor) -> torch.Tensor:
+    """What a projection with no input features returns: its bias (or zeros), shape (B, T, out)."""
+    width = proj.weight.shape[1] if conv1d else proj.weight.shape[0]
+    out = hidden_states.new_zeros(*hidden_states.shape[:-1], width)  # (B, T, out)
+    bias = getattr(proj, "bias", None)
+    return out + bias if bias is not None else out
+
+
+def _empty_attention_forward(
+    attention: nn.Module, output: nn.Module | None, conv1d: bool, head_dim: int, hidden_states, *args, **kwargs
+):
+    """Forward of an attention block with no head left: its output is the output projection's bias."""
+    batch, seq = hidden_states.shape[:2]
+    cache = _find_cache(kwargs)
+    layer_idx = getattr(attention, "layer_idx", None)
+    if cache is not None and layer_idx is not None and hasattr(cache, "update"):
+        # keep the cache's sequence length right: store zero heads for this layer
+        empty = hidden_states.new_zeros(batch, 0, seq, head_dim)  # (B, 0 heads, T, hs)
+        cache.update(empty, empty, layer_idx)
+    if output is None:  # the caller applies the output projection (BERT's attention.output.dense)
+        return hidden_states.new_zeros(batch, seq, 0), None  # (B, T, 0): no head contributes
+    return _bias_output(output, conv1d, hidden_states), None
+
+
+def _empty_ffn_forward(down: nn.Module, conv1d: bool, hidden_states, *args, **kwargs):
+    """Forward of a feed-forward block with no neuron left: its output is the down projection's bias."""
+    return _bias_output(down, conv1d, hidden_states)
+
+
+def _install_empty_forwards(layer: nn.Module, layout: Layout, shape: LayerShape) -> None:
+    """Give blocks that lost every unit a forward that returns their bias (a width-0 view would fail)."""
+    attention = get_submodule(layer, layout.attention)
+    if shape.heads == 0:
+        output = get_submodule(layer, layout.o) if layout.attention_includes_output else None
+        attention.forward = functools.partial(
+            _empty_attention_forward, attention, output, layout.conv1d, shape.head_dim
+        )
+    if shape.ffn == 0 and layout.ffn is not None:
+        ffn = get_submodule(layer, layout.ffn)
+        ffn.forward = functools.partial(_empty_ffn_forward, get_submodule(layer, layout.down), layout.conv1d)
+
+
+# ----------------------------------------------------------------------------- per-layer cuts
+
+
+def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv: list[int], state=None) -> None:
+    """Keep query heads `keep_heads` and key/value heads `keep_kv` of one layer."""
+    old = layer_shape(layer, layout)
+    d = old.head_dim
+    q_cols = head_columns(keep_heads, d)
+    kv_cols = head_columns(keep_kv, d)
+    if layout.qkv is not None:
+        # fused (q | k | v) output columns, each block `old.heads * d` wide
+        width = old.heads * d
+        fused = torch.cat([q_cols, width + kv_cols, 2 * width + kv_cols])
+        slice_outputs(get_submodule(layer, layout.qkv), fused, layout.conv1d, state)
+    else:
+        slice_outputs(get_submodule(layer, layout.q), q_cols, layout.conv1d, state)
+        slice_outputs(get_submodule(layer, layout.k), kv_cols, layout.conv1d, state)
+        slice_outputs(get_submodule(layer, layout.v), kv_cols, layout.conv1d, state)
+    slice_inputs(get_submodule(layer, layout.o), q_cols, layout.conv1d, state)
+
+    attention = get_submodule(layer, layout.attention)
+    n_heads, n_kv = len(keep_heads), len(keep_kv)
+    for attr in layout.head_count_attrs:
+        setattr(attention, attr, n_heads)
+    for attr in layout.width_attrs:
+        setattr(attention, attr, n_heads * d)
+    if layout.kv_groups_attr is not None:
+        setattr(attention, layout.kv_groups_attr, n_heads // n_kv if n_kv else 1)
+
+
+def _cut_neurons(layer: nn.Module, layout: Layout, keep: list[int], state=None) -> None:
+    """Keep FFN neurons `keep` of one layer."""
+    index = torch.as_tensor(keep, dtype=torch.long)
+    slice_outputs(get_submodule(layer, layout.up), index, layout.conv1d, state)
+    if layout.gate is not None:
+        slice_outputs(get_submodule(layer, layout.gate), index, layout.conv1d, state)
+    slice_inputs(get_submodule(layer, layout.down), index, layout.conv1d, state)
+
+
+# ----------------------------------------------------------------------------- request validation
+
+
+def _as_index(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, str):
+        if not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"{what} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        return int(value.item())
+    try:
+        import operator
+
+        return operator.index(value)  # int, numpy integer
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+
+
+def _normalize_request(request, kind: str, n_layers: int) -> dict[int, set[int]]:
+    """{layer: indices} with int layers (JSON gives str keys) and int indices; validates types and layers."""
+    if request is None:
+        return {}
+    if not isinstance(request, Mapping):
+        raise ValueError(f"`{kind}` must be a dict {{layer index: [{kind[:-1]} indices]}}, got {type(request).__name__}")
+    out: dict[int, set[int]] = {}
+    for key, indices in request.items():
+        layer = _as_index(key, f"layer index in `{kind}`")
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} in `{kind}` is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
+            if isinstance(indices, torch.Tensor):
+                indices = indices.reshape(-1).tolist()
+            else:
+                raise ValueError(f"`{kind}[{layer}]` must be a list of indices, got {indices!r}")
+        if isinstance(indices, torch.Tensor):
+            indices = indices.reshape(-1).tolist()
+        out.setdefault(layer, set()).update(_as_index(i, f"index in `{kind}[{layer}]`") for i in indices)
+    return out
+
+
+def _plan_heads(layer_idx: int, shape: LayerShape, remove: set[int], grouped: bool) -> tuple[list[int], list[int]]:
+    """Kept query heads and kept key/value heads of one layer, or ValueError for an impossible request."""
+    for h in remove:
+        if not 0 <= h < shape.heads:
+            raise ValueError(f"head {h} of layer {layer_idx} is out of range: the layer has {shape.heads} heads")
+    keep = [h for h in range(shape.heads) if h not in remove]
+    if not grouped or shape.heads == 0:
+        return keep, keep
+    per_group = shape.heads // shape.kv_heads
+    left = [sum(1 for h in keep if h // per_group == g) for g in range(shape.kv_heads)]
+    sizes = {n for n in left if n > 0}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"layer {layer_idx} uses grouped-query attention ({shape.kv_heads} key/value groups of {per_group} query heads); "
+            f"the request would leave {left} query heads per group. Remove whole groups, or the same number of "
+            f"query heads from every group."
+        )
+    keep_kv = [g for g in range(shape.kv_heads) if left[g] > 0]
+    return keep, keep_kv
+
+
+def plan_cuts(model: nn.Module, heads=None, neurons=None) -> dict[int, tuple]:
+    """Validate a request and return {layer: (keep_heads, keep_kv, keep_neurons)}; entries are None when untouched."""
+    layout = get_layout(model)
+    layers = get_layers(model, layout)
+    head_req = _normalize_request(heads, "heads", len(layers))
+    neuron_req = _normalize_request(neurons, "neurons", len(layers))
+    cuts: dict[int, tuple] = {}
+    for idx in sorted(set(head_req) | set(neuron_req)):
+        shape = layer_shape(layers[idx], layout)
+        keep_heads = keep_kv = keep_neurons = None
+        if head_req.get(idx):
+            keep_heads, keep_kv = _plan_heads(idx, shape, head_req[idx], layout.grouped)
+        if neuron_req.get(idx):
+            for n in neuron_req[idx]:
+                if not 0 <= n < shape.ffn:
+                    raise ValueError(f"neuron {n} of layer {idx} is out of range: the layer has {shape.ffn} FFN neurons")
+            keep_neurons = [n for n in range(shape.ffn) if n not in neuron_req[idx]]
+        cuts[idx] = (keep_heads, keep_kv, keep_neurons)
+    return cuts
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, heads=None, neurons=None, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """Remove attention heads and FFN neurons in place and return the model.
+
+    heads:   {layer index: [query head indices]}, indices into the layer's *current* heads.
+    neurons: {layer index: [FFN neuron indices]}, indices into the layer's *current* FFN width.
+
+    The whole request is validated before anything changes (ValueError otherwise). With grouped-query
+    attention, a request must remove whole key/value groups or the same number of heads from each group.
+    The per-layer widths are recorded in `model.config.hf_prune`, so `save_pretrained` carries them.
+    optimizer: its per-parameter state (e.g. Adam's exp_avg, exp_avg_sq) is sliced the same way, so training
+    goes on in the smaller network with the same Parameter objects.
+    """
+    layout = get_layout(model)
+    cuts = plan_cuts(model, heads, neurons)
+    layers = get_layers(model, layout)
+    state = optimizer.state if optimizer is not None else None
+    kept = _original_heads(model)
+    for idx, (keep_heads, keep_kv, keep_neurons) in cuts.items():
+        layer = layers[idx]
+        if keep_heads is not None:
+            _cut_heads(layer, layout, keep_heads, keep_kv, state)
+        if keep_neurons is not None:
+            _cut_neurons(layer, layout, keep_neurons, state)
+        _install_empty_forwards(layer, layout, layer_shape(layer, layout))
+        if kept is not None and keep_heads is not None:
+            kept[idx] = [kept[idx][h] for h in keep_heads]
+    entry = write_config_entry(model)
+    if kept is not None:
+        entry["kept_heads"] = kept  # original (dense) indices of the heads each layer keeps
+    return model
+
+
+def _original_heads(model: nn.Module) -> list[list[int]] | None:
+    """Dense-model indices of each layer's current heads, when known (None after an untracked prune)."""
+    entry = getattr(model.config, "hf_prune", None)
+    heads = [s.heads for s in layer_shapes(model)]
+    if not isinstance(entry, dict):
+        return [list(range(h)) for h in heads]
+    kept = entry.get("kept_heads")
+    if isinstance(kept, list) and [len(k) if isinstance(k, list) else -1 for k in kept] == heads:
+        return [list(k) for k in kept]
+    return None
+
+
+@torch.no_grad()
+def resize_to_shapes(model: nn.Module, heads: list[int], kv_heads: list[int], ffn: list[int]) -> None:
+    """Shrink every layer to the given widths by keeping the first units (used to rebuild shapes before loading)."""
+    layout = get_layout(model)
+    for idx, layer in enumerate(get_layers(model, layout)):
+        shape = layer_shape(layer, layout)
+        if heads[idx] != shape.heads or kv_heads[idx] != shape.kv_heads:
+            if layout.grouped and kv_heads[idx]:
+                per_group, new_per_group = shape.heads // shape.kv_heads, heads[idx] // kv_heads[idx]
+                keep = [g * per_group + j for g in range(kv_heads[idx]) for j in range(new_per_group)]
+            else:
+                keep = list(range(heads[idx]))
+            _cut_heads(layer, layout, keep, list(range(kv_heads[idx])) if layout.grouped else keep)
+        if ffn[idx] != shape.ffn:
+            _cut_neurons(layer, layout, list(range(ffn[idx])))
+        _install_empty_forwards(layer, layout, layer_shape(layer, layout))

@@ -1,0 +1,28 @@
+"""Run by test_callback.py under `torchrun --nproc_per_node 2`: prune while training with DDP (gloo) on CPU."""
+
+import json
+import os
+import sys
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_callback import Toy  # noqa: E402
+from tiny_models import make_model  # noqa: E402
+
+from hf_prune import layer_shapes  # noqa: E402
+from hf_prune.callback import HeadPruningCallback  # noqa: E402
+
+out = sys.argv[1]
+rank = int(os.environ.get("RANK", 0))
+torch.manual_seed(0)
+model = make_model("bert").train()
+args = TrainingArguments(output_dir=out, max_steps=6, per_device_train_batch_size=4, report_to=[], save_strategy="no",
+                         use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=rank)  # different data per rank
+callback = HeadPruningCallback(head_sparsity=0.5, ffn_sparsity=0.5, start_step=2, end_step=4, num_events=2)
+trainer = Trainer(model=model, args=args, train_dataset=Toy(seed=rank), callbacks=[callback])
+trainer.train()
+shapes = [[s.heads, s.ffn] for s in layer_shapes(trainer.model)]
+with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
+    json.dump({"world_size": args.world_size, "shapes": shapes, "gates_only": not callback._compacting}, handle)

@@ -1,0 +1,199 @@
+"""prune_heads.py end to end on a tiny model and tiny CSVs: classification, pairs, regression, push, bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from hf_prune import assets, layer_shapes, load_pruned
+from hf_prune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "good great fine bad awful boring fun dull nice poor".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)  # a base checkpoint, like MiniLM: the task head is new
+    AutoTokenizer.from_pretrained(assets.minilm_dir()).save_pretrained(folder)
+    return folder
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    g = torch.Generator().manual_seed(0)
+
+    def sentences(n):
+        return [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (5,), generator=g)) for _ in range(n)]
+
+    single = [(s, int(s.split()[0] in WORDS[:5])) for s in sentences(48)]
+    pair = [(a, b, int(a.split()[0] == b.split()[0])) for a, b in zip(sentences(48), sentences(48))]
+    regression = [(a, b, round(float(len(set(a.split()) & set(b.split()))) + 0.25, 2)) for a, b in pair and
+                  zip(sentences(48), sentences(48))]
+    files = {
+        "single": (write_csv(folder / "train.csv", ["sentence", "label"], single[:40]),
+                   write_csv(folder / "val.csv", ["sentence", "label"], single[40:])),
+        "pair": (write_csv(folder / "pair_train.csv", ["sentence1", "sentence2", "label"], pair[:40]),
+                 write_csv(folder / "pair_val.csv", ["sentence1", "sentence2", "label"], pair[40:])),
+        "regression": (write_csv(folder / "reg_train.tsv", ["sentence1", "sentence2", "label"], regression[:40]),
+                       write_csv(folder / "reg_val.tsv", ["sentence1", "sentence2", "label"], regression[40:])),
+    }
+    for name in ("reg_train.tsv", "reg_val.tsv"):  # make them real tsv files
+        text = (folder / name).read_text().replace(",", "\t")
+        (folder / name).write_text(text)
+    files["unseen"] = (files["single"][0], write_csv(folder / "val_unseen.csv", ["sentence", "label"],
+                                                     [("good fun", 0), ("bad dull", 7)]))
+    files["nocolumn"] = (write_csv(folder / "nocol.csv", ["text", "label"], [("good", 1)]), files["single"][1])
+    return files
+
+
+def base_args(model_dir, train, val, out):
+    return ["--model_name_or_path", str(model_dir), "--train_file", str(train), "--validation_file", str(val),
+            "--output_dir", str(out), "--max_seq_length", "16", "--max_steps", "6", "--per_device_train_batch_size",
+            "8", "--report_to", "none", "--use_cpu", "--save_strategy", "no", "--latency_repeats", "2",
+            "--latency_batch_size", "2", "--disable_tqdm", "true"]
+
+
+@pytest.mark.parametrize("kind", ["single", "pair", "regression"])
+def test_fine_tuned_pruning_end_to_end(kind, tiny_model_dir, data, tmp_path):
+    out = tmp_path / "out"
+    args = base_args(tiny_model_dir, *data[kind], out) + [
+        "--head_sparsity", "0.5", "--ffn_sparsity", "0.25", "--pruning_start_step", "2", "--pruning_end_step", "4",
+        "--pruning_events", "2"]
+    assert main(args) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert sum(report["after"]["structure"]["heads_per_layer"]) == 4
+    assert report["after"]["parameters"] < report["before"]["parameters"]
+    assert report["after"]["flops"] < report["before"]["flops"]
+    expected = ["pearson", "spearmanr"] if kind == "regression" else ["accuracy", "f1"]
+    assert report["metric_names"] == expected and set(report["after"]["metrics"]) == set(expected)
+    for key in ("load_s", "prune_s", "total_s"):
+        assert report["time_s"][key] >= 0
+    assert (out / "heads_kept.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "README.md").read_text()
+    assert "pruned" in card and "load_pruned" in card
+    model = load_pruned(out)
+    assert [s.heads for s in layer_shapes(model)] == report["after"]["structure"]["heads_per_layer"]
+    assert not (tmp_path / "out.work").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp folders left
+
+
+def test_retrain_free_with_flops_budget_and_pruned_input(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "rf"
+    args = base_args(tiny_model_dir, *data["single"], out) + ["--retrain_free", "--flops_reduction", "0.4",
+                                                              "--importance", "taylor"]
+    assert main(args) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["after"]["flops"] <= 0.6 * report["before"]["flops"]
+    assert report["pruning"]["mode"] == "retrain-free"
+    again = tmp_path / "again"  # an already pruned checkpoint is a valid input (loaded through load_pruned)
+    args = base_args(out, *data["single"], again) + ["--retrain_free", "--head_sparsity", "0.2", "--importance", "l2"]
+    assert main(args) == 0
+    assert sum(json.loads((again / "pruning_report.json").read_text())["after"]["structure"]["heads_per_layer"]) < \
+        sum(report["after"]["structure"]["heads_per_layer"])
+
+
+def test_push_to_hub_uploads_model_tokenizer_and_card(tiny_model_dir, data, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploaded = {}
+
+    def fake_create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            source = op.path_or_fileobj
+            uploaded[op.path_in_repo] = source.read() if hasattr(source, "read") else Path(source).read_bytes()
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0",
+                                          commit_message="", commit_description="", oid="0" * 40, pr_url=None)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", fake_create_commit)
+    out = tmp_path / "push"
+    args = base_args(tiny_model_dir, *data["single"], out) + ["--retrain_free", "--head_sparsity", "0.5",
+                                                              "--importance", "l1", "--push_to_hub",
+                                                              "--hub_model_id", "me/tiny-pruned", "--hub_token", "x"]
+    assert main(args) == 0
+    assert {"config.json", "model.safetensors", "README.md", "pruning_report.json", "tokenizer_config.json"} <= \
+        set(uploaded)
+    assert sum(json.loads(uploaded["config.json"])["hf_prune"]["heads"]) == 4
+    assert b"me/tiny-pruned" in uploaded["README.md"] and b"base_model" in uploaded["README.md"]
+
+
+BAD = [
+    (["--task_name", "nope"], "unknown --task_name"),
+    (["--head_sparsity", "1.0"], r"\[0, 1\)"),
+    (["--ffn_sparsity", "-0.5"], r"\[0, 1\)"),
+]
+
+
+def run_cli(args):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "prune_heads.py"), *args], capture_output=True,
+                            text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "sparsity", "missing_file", "missing_column", "unseen_labels",
+                                  "unsupported_model", "existing_output"])
+def test_bad_input_one_error_line_nonzero_exit_nothing_written(case, tiny_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    train, val = data["single"]
+    args = base_args(tiny_model_dir, train, val, out)
+    message = {
+        "unknown_task": "unknown --task_name", "sparsity": r"\[0, 1\)", "missing_file": "does not exist",
+        "missing_column": "sentence", "unseen_labels": "never uses", "unsupported_model": "does not support",
+        "existing_output": "overwrite_output_dir",
+    }[case]
+    if case == "unknown_task":
+        args = base_args(tiny_model_dir, train, val, out)[:2] + ["--task_name", "nope", "--output_dir", str(out)]
+    elif case == "sparsity":
+        args += ["--head_sparsity", "1.0"]
+    elif case == "missing_file":
+        args = base_args(tiny_model_dir, tmp_path / "nope.csv", val, out)
+    elif case == "missing_column":
+        args = base_args(tiny_model_dir, *data["nocolumn"], out)
+    elif case == "unseen_labels":
+        args = base_args(tiny_model_dir, *data["unseen"], out)
+    elif case == "unsupported_model":
+        from transformers import T5Config, T5Model
+
+        t5 = tmp_path / "t5"
+        T5Model(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50)).save_pretrained(t5)
+        args = base_args(t5, train, val, out)
+    elif case == "existing_output":
+        out.mkdir()
+        (out / "keep.txt").write_text("previous result")
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith("prune_heads: error:"), err
+    import re
+
+    assert re.search(message, err[0]), err[0]
+    if case == "existing_output":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert not (tmp_path / "out.work").exists()
+
+
+def test_script_and_console_entry_point_exit_nonzero(tiny_model_dir, data, tmp_path):
+    code, err = run_cli(base_args(tiny_model_dir, *data["single"], tmp_path / "o") + ["--ffn_sparsity", "2"])
+    assert code == 2 and "prune_heads: error: --ffn_sparsity must be in [0, 1)" in err
+    assert not (tmp_path / "o").exists()

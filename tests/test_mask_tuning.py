@@ -1,0 +1,117 @@
+"""Mask tuning: least-squares rescaling recovers removed units that duplicate kept ones, never worsens the
+per-layer reconstruction, and leaves no hooks behind."""
+
+import pytest
+import torch
+from tiny_models import make_inputs, make_model
+
+from hf_prune import get_layout, layer_shapes
+from hf_prune.layouts import get_layers, get_submodule
+from hf_prune.mask_tuning import least_squares_scales, tune_masks, unit_gram
+from hf_prune.plan import PruningPlan
+from hf_prune.surgery import head_columns
+
+
+def calibration(n: int = 3) -> list[dict]:
+    return [make_inputs(4, 10, seed=20 + i) for i in range(n)]
+
+
+def rows(weight, conv1d):  # output rows of a Linear (out, in) / Conv1D (in, out), as a writable view
+    return weight.t() if conv1d else weight
+
+
+def duplicate_head(model, layer: int, src: int, dst: int) -> None:
+    """Make head `dst` compute exactly what head `src` computes (its q/k/v rows and o columns)."""
+    layout = get_layout(model)
+    target = get_layers(model)[layer]
+    d = layer_shapes(model)[layer].head_dim
+    s, t = head_columns([src], d), head_columns([dst], d)
+    with torch.no_grad():
+        for path in (layout.q, layout.k, layout.v):
+            mod = get_submodule(target, path)
+            rows(mod.weight, False)[t] = mod.weight[s]
+            mod.bias[t] = mod.bias[s]
+        o = get_submodule(target, layout.o).weight
+        o[:, t] = o[:, s]
+
+
+def duplicate_neuron(model, layer: int, src: int, dst: int) -> None:
+    """Make neuron `dst` a copy of neuron `src` (up rows, down columns)."""
+    layout = get_layout(model)
+    target = get_layers(model)[layer]
+    with torch.no_grad():
+        up = get_submodule(target, layout.up)
+        w = rows(up.weight, layout.conv1d)  # (ffn, hidden)
+        w[dst] = w[src]
+        if up.bias is not None:
+            up.bias[dst] = up.bias[src]
+        down = rows(get_submodule(target, layout.down).weight, not layout.conv1d)  # (ffn, hidden): input columns as rows
+        down[dst] = down[src]
+
+
+def logits(model, data):
+    """Logits and last hidden states of every batch, flattened (tiny random logits alone barely move)."""
+    with torch.no_grad():
+        outs = [model(**b, output_hidden_states=True) for b in data]
+    return torch.cat([o.logits.flatten() for o in outs] + [o.hidden_states[-1].flatten() for o in outs])
+
+
+def test_duplicated_head_is_recovered_exactly():
+    model = make_model("bert")
+    duplicate_head(model, layer=1, src=0, dst=2)
+    data = calibration()
+    dense = logits(model, data)
+    plan = PruningPlan(heads={1: [2]})
+    untuned = make_model("bert")
+    duplicate_head(untuned, 1, 0, 2)
+    plan.apply(untuned)
+    untuned_error = (logits(untuned, data) - dense).abs().max()
+    scales = tune_masks(model, plan, data)
+    torch.testing.assert_close(scales["heads"][1], torch.tensor([2.0, 1.0, 1.0]), rtol=1e-3, atol=1e-3)
+    assert layer_shapes(model)[1].heads == 3
+    tuned_error = (logits(model, data) - dense).abs().max()
+    assert tuned_error < 1e-4 and untuned_error > 100 * tuned_error
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_duplicated_neuron_is_recovered_exactly(model_type):
+    model = make_model(model_type)
+    layout = get_layout(model)
+    duplicate_neuron(model, layer=0, src=3, dst=7)
+    if layout.gate is not None:  # SwiGLU: the gate row too
+        with torch.no_grad():
+            gate = get_submodule(get_layers(model)[0], layout.gate).weight
+            gate[7] = gate[3]
+    data = calibration()
+    dense = logits(model, data)
+    scales = tune_masks(model, PruningPlan(neurons={0: [7]}), data)
+    assert scales["neurons"][0][3].item() == pytest.approx(2.0, rel=1e-3)
+    assert (logits(model, data) - dense).abs().max() < 1e-4
+
+
+def test_scales_never_worsen_the_layer_reconstruction():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6 * 8, generator=g, dtype=torch.float64)  # (tokens, heads * d)
+    w = torch.randn(16, 6 * 8, generator=g, dtype=torch.float64)  # (out, heads * d)
+    gram = unit_gram(x.t() @ x, w, units=6, conv1d=False)
+    contributions = torch.stack([x[:, h * 8:(h + 1) * 8] @ w[:, h * 8:(h + 1) * 8].t() for h in range(6)])  # (6, N, out)
+    torch.testing.assert_close(gram, torch.einsum("inc,jnc->ij", contributions, contributions))
+    keep = [0, 2, 3, 5]
+    full = contributions.sum(0)
+    scales = least_squares_scales(gram, keep, ridge=0.0)
+    tuned = torch.einsum("k,knc->nc", scales, contributions[keep])
+    plain = contributions[keep].sum(0)
+    assert (tuned - full).norm() <= (plain - full).norm()
+    best = torch.linalg.lstsq(contributions[keep].reshape(4, -1).t(), full.reshape(-1, 1)).solution.flatten()
+    torch.testing.assert_close(scales, best)
+
+
+def test_tuning_leaves_no_hooks_and_restores_mode():
+    model = make_model("llama").train()
+    scales = tune_masks(model, PruningPlan(heads={0: [0, 3]}, neurons={2: list(range(10))}), calibration(2))
+    assert set(scales["heads"]) == {0} and scales["heads"][0].shape == (4,)
+    assert scales["neurons"][2].shape == (27,)
+    assert all(m.training for m in model.modules())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="empty"):
+        tune_masks(make_model("llama"), PruningPlan(heads={0: [0, 3]}), [])
