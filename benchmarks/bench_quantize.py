@@ -1,6 +1,6 @@
 """Prune, then quantize: size, CPU latency and accuracy of dense / pruned models, float32 vs dynamic int8.
 
-Run:  .venv/bin/python benchmarks/bench_quantize.py [--steps 60 --recovery-steps 40 --batch-size 16]
+Run:  .venv/bin/python benchmarks/bench_quantize.py [--steps 60 --recovery-steps 30 --threads 1]
 
 MiniLM (all-MiniLM-L6-v2 + 2-way head) is fine-tuned on movie-review sentiment (`--steps`). Two pruned
 copies are made from it and briefly retrained (`--recovery-steps`): "heads+ffn" (`prune_model` via
@@ -63,15 +63,15 @@ def predictions(model, data: dict, batch_size: int = 128) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--recovery-steps", type=int, default=40)
+    parser.add_argument("--recovery-steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=48)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--eval", type=int, default=1000)
+    parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--eval", type=int, default=500)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--latency-batch", type=int, default=8)
     parser.add_argument("--latency-seq", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "quantize.json"))
     args = parser.parse_args()

@@ -1,9 +1,9 @@
 """Lottery tickets with rewinding on the real MiniLM: rewound ticket vs random re-initialisation, same masks.
 
-Run:  .venv/bin/python benchmarks/lottery_ticket.py [--steps 100 --rounds 3 --rate 0.3 --rewind-step 10]
+Run:  .venv/bin/python benchmarks/lottery_ticket.py [--steps 60 --rounds 3 --rate 0.3 --rewind-step 6 --threads 1]
 
 MiniLM (all-MiniLM-L6-v2 + a fresh 2-way head) is fine-tuned on movie-review sentiment for `--steps`
-steps (AdamW, linear decay, batch 32 x 48 tokens); every parameter is snapshotted at `--rewind-step`.
+steps (AdamW, lr 2e-4 decaying linearly, batch 16 x 32 tokens); every parameter is snapshotted at `--rewind-step`.
 Each round prunes a further `--rate` of the surviving attention/FFN projection weights by global
 magnitude (`hf_prune.prune_unstructured`), then retrains steps rewind_step..steps with the zeros held:
 - ticket: every parameter rewound to the snapshot (`hf_prune.lottery.rewind`);
@@ -97,14 +97,14 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=0.3, help="share of surviving weights pruned per round")
-    parser.add_argument("--rewind-step", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=48)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--eval", type=int, default=1000)
+    parser.add_argument("--rewind-step", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--eval", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "lottery.json"))
     args = parser.parse_args()

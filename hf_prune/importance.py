@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,10 +36,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_bytes
 from .gates import attach_gates
 from .layouts import Layout, get_layers, get_layout, get_submodule
 from .shapes import LayerShape, layer_shape
@@ -76,7 +76,7 @@ class ImportanceScores:
         return len(self.heads)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write to a safetensors file (temp file, then os.replace)."""
+        """Write to a safetensors file (atomically: temp file, then os.replace)."""
         tensors = {f"heads.{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.heads)}
         tensors.update({f"neurons.{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.neurons)})
         metadata = {
@@ -85,15 +85,7 @@ class ImportanceScores:
             "num_layers": str(self.num_layers),
             "num_batches": str(self.num_batches),
         }
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImportanceScores:

@@ -33,12 +33,12 @@ import heapq
 import json
 import math
 import os
-import tempfile
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from .atomic import atomic_write_text
 from .counting import layer_flops
 from .importance import ImportanceScores
 from .layouts import get_layout
@@ -86,15 +86,7 @@ class PruningPlan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON to a temp file next to `path`, then os.replace it into place."""
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.to_json())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
