@@ -87,10 +87,19 @@ def collate(examples, pad_id=0):
 
 
 def batches(examples, size, shuffle_seed=None):
+    """Batches in order, or (shuffle_seed) shuffled with length bucketing: less padding, same epoch."""
     order = list(range(len(examples)))
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(order)
-    return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+    if shuffle_seed is None:
+        return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+    rng = random.Random(shuffle_seed)
+    rng.shuffle(order)
+    chunk = size * 16
+    out = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: len(examples[i]["input_ids"]))
+        out += [collate([examples[i] for i in part[k:k + size]]) for k in range(0, len(part), size)]
+    rng.shuffle(out)
+    return out
 
 
 def eval_batches(examples, size=128):

@@ -12,6 +12,7 @@ from .layouts import Layout, get_layout, supported_model_types
 from .loading import load_pruned
 from .mask_tuning import tune_masks
 from .plan import PruningPlan, plan_from_flops, plan_from_sparsity
+from .saving import save_pruned
 from .shapes import LayerShape, layer_shapes
 from .surgery import prune_model
 
@@ -40,6 +41,7 @@ __all__ = [
     "prune_model",
     "read_config_entry",
     "resize_to_checkpoint",
+    "save_pruned",
     "supported_model_types",
     "tune_masks",
     "write_config_entry",

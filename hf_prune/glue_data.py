@@ -11,6 +11,8 @@ from pathlib import Path
 
 import datasets
 
+from .atomic import atomic_write_text
+
 GLUE_TASKS = {  # task -> (first text column, second text column or None, number of labels; 1 = regression)
     "cola": ("sentence", None, 2),
     "sst2": ("sentence", None, 2),
@@ -160,6 +162,7 @@ def tokenize(data: TaskData, tokenizer, max_seq_length: int) -> tuple[datasets.D
 def movie_review_files(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """Write the offline movie-review sentences (hf_prune.assets) as train/validation csv files, for the demo."""
     import csv
+    import io
 
     from .assets import movie_reviews
 
@@ -169,11 +172,10 @@ def movie_review_files(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
     for name, split in zip(("train", "validation"), movie_reviews(seed=seed)):
         path = folder / f"movie_reviews_{name}_seed{seed}.csv"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["sentence", "label"])
-                writer.writerows(zip(split["sentence"], split["label"]))
-            tmp.replace(path)
+            rows = io.StringIO()
+            writer = csv.writer(rows)
+            writer.writerow(["sentence", "label"])
+            writer.writerows(zip(split["sentence"], split["label"]))
+            atomic_write_text(path, rows.getvalue())
         paths.append(path)
     return paths[0], paths[1]

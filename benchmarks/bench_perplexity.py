@@ -1,0 +1,264 @@
+"""Perplexity against parameters removed: SmolLM2-135M on WikiText-2, retrain-free (issue 8, part 2).
+
+Model: the real SmolLM2-135M (`hf_prune.assets.load_smollm2()`, llama, 30 layers, 9 query heads over 3 kv
+heads, FFN 1536, float32). Text: WikiText-2 raw (`hf_prune.assets.wikitext2`), tokenised as one stream and
+cut into non-overlapping windows of 512 tokens. Perplexity = exp(mean next-token NLL) over the first
+`--eval-windows` windows of the *test* split (the dense number on the same windows is reported next to it).
+
+Pruning (retrain-free): score on a calibration slice of WikiText-2 *train* (3 disjoint slices of
+`--calib-windows` windows, causal-LM loss with labels = input_ids), `plan_from_sparsity(..., gqa="per_group")`,
+prune, least-squares mask tuning on the same slice (the library's `tune_masks` algorithm; the Gram moments of
+the dense model are computed once per slice and reused for every budget and method, which gives the same
+result as calling `tune_masks` each time). Budgets are fractions of the layer parameters
+(`count_parameters(layers_only=True)`) removed; per layer (scope "layer", the issue's peer configuration):
+
+    10%: FFN 1536 -> 1331, heads 9 -> 9      (per_group removes heads 3 at a time per layer: 9 -> 6 -> 3)
+    20%: FFN 1536 -> 1256, heads 9 -> 6      (exactly the issue's Torch-Pruning configuration)
+    30%: FFN 1536 -> 1049, heads 9 -> 6
+
+The measured fraction removed is written next to the nominal one.
+
+    .venv/bin/python benchmarks/bench_perplexity.py --quick     # smoke run, writes under cache/quick
+    .venv/bin/python benchmarks/bench_perplexity.py             # default grid (resumes from cached runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from hf_prune import compute_importance, count_parameters, plan_from_sparsity  # noqa: E402
+from hf_prune.assets import load_smollm2, wikitext2  # noqa: E402
+from hf_prune.atomic import atomic_write_json  # noqa: E402
+from hf_prune.layouts import get_layers, get_layout, get_submodule  # noqa: E402
+from hf_prune.mask_tuning import _input_second_moments, _scale_columns, least_squares_scales, unit_gram  # noqa: E402
+from hf_prune.shapes import layer_shape, layer_shapes  # noqa: E402
+
+ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
+WINDOW = 512
+# fraction of layer parameters removed -> (query heads kept per layer, FFN neurons kept per layer)
+BUDGETS = {0.1: (9, 1331), 0.2: (6, 1256), 0.3: (6, 1049)}
+PEER = {"dense (issue, full test set)": 28.5, "Torch-Pruning Taylor at 20% (issue)": 199.7}
+
+
+def windows(text: str, tokenizer, n: int, start: int = 0) -> list[torch.Tensor]:
+    # tokenise only a prefix that is surely long enough (WikiText-2 has ~4-5 characters per token)
+    need = (start + n) * WINDOW
+    ids = tokenizer(text[: need * 8], return_tensors="pt").input_ids[0]
+    if len(ids) < need:
+        ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    return [ids[(start + k) * WINDOW:(start + k + 1) * WINDOW] for k in range(n)]
+
+
+def as_batches(wins: list[torch.Tensor], size: int) -> list[dict]:
+    out = []
+    for k in range(0, len(wins), size):
+        ids = torch.stack(wins[k:k + size])
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return out
+
+
+@torch.inference_mode()
+def perplexity(model, eval_b) -> float:
+    model.eval()
+    nll = count = 0.0
+    for b in tqdm(eval_b, desc="perplexity", leave=False):
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        target = b["input_ids"][:, 1:]
+        nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                       reduction="sum"))
+        count += target.numel()
+    return math.exp(nll / count)
+
+
+def tune_with_moments(model, plan, moments, ridge: float = 1e-6) -> None:
+    """hf_prune.tune_masks with precomputed dense Gram moments (same algorithm, same result)."""
+    layout = get_layout(model)
+    plan.check_model(model)
+    o_moments, down_moments = moments
+    layers = get_layers(model, layout)
+    solved = {"heads": {}, "neurons": {}}
+    for i, layer in enumerate(layers):
+        shape = layer_shape(layer, layout)
+        rh, rn = set(plan.heads.get(i, [])), set(plan.neurons.get(i, []))
+        keep_h = [h for h in range(shape.heads) if h not in rh]
+        keep_n = [n for n in range(shape.ffn) if n not in rn]
+        if rh and keep_h:
+            gram = unit_gram(o_moments[i], get_submodule(layer, layout.o).weight, shape.heads, layout.conv1d)
+            solved["heads"][i] = least_squares_scales(gram, keep_h, ridge)
+        if rn and keep_n:
+            gram = unit_gram(down_moments[i], get_submodule(layer, layout.down).weight, shape.ffn, layout.conv1d)
+            solved["neurons"][i] = least_squares_scales(gram, keep_n, ridge)
+    plan.apply(model)
+    for i, s in solved["heads"].items():
+        _scale_columns(get_submodule(layers[i], layout.o), s, layer_shape(layers[i], layout).head_dim, layout.conv1d)
+    for i, s in solved["neurons"].items():
+        _scale_columns(get_submodule(layers[i], layout.down), s, 1, layout.conv1d)
+
+
+def base_method(name):
+    method, *tags = name.split("+")
+    return method, {"scope": "global" if "global" in tags else "layer", "label_free": "labelfree" in tags}
+
+
+def aggregate(runs, dense_ppl, n_eval):
+    groups = {}
+    for r in runs.values():
+        groups.setdefault((r["method"], r["params_removed"]), []).append(r)
+    rows = []
+    for (method, frac), g in sorted(groups.items()):
+        ppl = [x["perplexity"] for x in sorted(g, key=lambda x: x["rep"])]
+        mean = statistics.mean(ppl)
+        rows.append({
+            "model": "HuggingFaceTB/SmolLM2-135M(-Instruct GGUF, float32)", "task": "wikitext-2 test",
+            "method": method, "mode": "retrain-free", "params_removed": frac,
+            "params_removed_actual": statistics.mean(x["params_removed_actual"] for x in g),
+            "metric_name": "perplexity", "metric": mean, "metric_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
+            "runs": len(ppl), "metric_runs": ppl, "dense_metric": dense_ppl, "rise": mean / dense_ppl - 1,
+            "eval_tokens": n_eval * WINDOW, "heads_per_layer": g[0]["heads"][0], "ffn_per_layer": g[0]["ffn"][0],
+        })
+    return rows
+
+
+def plot(rows, dense_ppl, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for m in sorted({r["method"] for r in rows}):
+        pts = sorted((r["params_removed"], r["metric"], r["metric_sd"]) for r in rows if r["method"] == m)
+        xs, ys, es = zip(*pts)
+        ax.errorbar([0] + [100 * x for x in xs], [dense_ppl] + list(ys), yerr=[0] + list(es), fmt="-o", capsize=3,
+                    label=m)
+    ax.axhline(dense_ppl * 1.25, color="k", ls=":", lw=0.8, label="dense + 25%")
+    ax.plot([20], [199.7], "k*", ms=12, label="Torch-Pruning Taylor (issue, full test, dense 28.5)")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer parameters removed (%)")
+    ax.set_ylabel("WikiText-2 test perplexity (log)")
+    ax.set_title("SmolLM2-135M, retrain-free (+ mask tuning): mean +- sd over calibration slices")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny smoke run; writes under <cache>/quick")
+    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), help="methods, or variants like fisher+global")
+    p.add_argument("--fractions", nargs="+", type=float, default=sorted(BUDGETS))
+    p.add_argument("--slices", type=int, default=3)
+    p.add_argument("--eval-windows", type=int, default=8, help="first N windows of 512 tokens of the test split")
+    p.add_argument("--calib-windows", type=int, default=4, help="windows of 512 train tokens per calibration slice")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=HERE / "cache")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.cache = args.results = args.cache / "quick"
+        args.methods = args.methods if args.methods != list(ALL_METHODS) else ["fisher", "random"]
+        args.fractions, args.slices, args.eval_windows, args.calib_windows = [0.2], 1, 1, 1
+    args.cache.mkdir(parents=True, exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+
+    dense, tokenizer = load_smollm2()
+    eval_b = as_batches(windows(wikitext2("test"), tokenizer, args.eval_windows), 2)
+    calib_all = windows(wikitext2("train"), tokenizer, args.slices * args.calib_windows)
+    layer_params = count_parameters(dense, layers_only=True)
+    print(f"eval {args.eval_windows} x {WINDOW} test tokens; calibration {args.slices} x {args.calib_windows} x "
+          f"{WINDOW} train tokens; layer parameters {layer_params}; threads {torch.get_num_threads()}")
+
+    runs_path = args.cache / "perplexity_runs.json"
+    runs = {}
+    if runs_path.exists():
+        import json
+
+        runs = json.loads(runs_path.read_text())
+    key_dense = f"dense|{args.eval_windows}"
+    if key_dense not in runs:
+        t0 = time.time()
+        runs[key_dense] = {"perplexity": perplexity(dense, eval_b), "seconds": time.time() - t0}
+        atomic_write_json(runs_path, runs)
+    dense_ppl = runs[key_dense]["perplexity"]
+    print(f"dense perplexity {dense_ppl:.3f} on {args.eval_windows} windows ({runs[key_dense]['seconds']:.0f} s)")
+
+    def save():
+        atomic_write_json(runs_path, runs)
+        pruned = {k: v for k, v in runs.items() if not k.startswith("dense") and v["eval_windows"] == args.eval_windows}
+        rows = aggregate(pruned, dense_ppl, args.eval_windows)
+        atomic_write_json(args.results / "perplexity.json", {"rows": rows, "setup": {
+            "eval": f"first {args.eval_windows} non-overlapping windows of {WINDOW} tokens of WikiText-2 test "
+                    f"({args.eval_windows * WINDOW} tokens)",
+            "calibration": f"{args.slices} disjoint slices of {args.calib_windows} windows of {WINDOW} tokens of "
+                           "WikiText-2 train (score + mask tuning)",
+            "plan": "plan_from_sparsity(scope='layer' unless +global, gqa='per_group'); budgets (heads, ffn) kept "
+                    f"per layer: { {str(k): v for k, v in BUDGETS.items()} }",
+            "loss": "causal LM, labels = input_ids (label_free=False)",
+            "machine": f"{platform.machine()}, {os.cpu_count()} shared CPU cores, torch {torch.__version__}",
+            "peers_from_issue": PEER,
+        }})
+        if rows:
+            plot(rows, dense_ppl, args.results / "perplexity.png")
+
+    dense_heads, dense_ffn = layer_shapes(dense)[0].heads, layer_shapes(dense)[0].ffn
+    for rep in range(args.slices):
+        calib = as_batches(calib_all[rep * args.calib_windows:(rep + 1) * args.calib_windows], 1)
+        moments = None
+        for name in args.methods:
+            method, opts = base_method(name)
+            todo = [f for f in args.fractions if f"{name}|{f:.2f}|{rep}|{args.eval_windows}" not in runs]
+            if not todo:
+                continue
+            if moments is None:
+                t0 = time.time()
+                moments = _input_second_moments(dense, get_layout(dense), calib)
+                print(f"slice {rep}: dense Gram moments in {time.time() - t0:.0f} s")
+            t0 = time.time()
+            scores = compute_importance(dense, calib, method=method, label_free=opts["label_free"], seed=rep,
+                                        progress=False)
+            t_score = time.time() - t0
+            for f in todo:
+                heads, ffn = BUDGETS[f]
+                model = copy.deepcopy(dense)
+                plan = plan_from_sparsity(scores, head_sparsity=(dense_heads - heads) / dense_heads,
+                                          ffn_sparsity=(dense_ffn - ffn) / dense_ffn, scope=opts["scope"],
+                                          gqa="per_group")
+                tune_with_moments(model, plan, moments)
+                removed = 1 - count_parameters(model, layers_only=True) / layer_params
+                t1 = time.time()
+                ppl = perplexity(model, eval_b)
+                shapes = layer_shapes(model)
+                runs[f"{name}|{f:.2f}|{rep}|{args.eval_windows}"] = {
+                    "method": name, "params_removed": f, "rep": rep, "perplexity": ppl,
+                    "params_removed_actual": removed, "eval_windows": args.eval_windows,
+                    "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
+                    "seconds_scoring": t_score, "seconds_eval": time.time() - t1,
+                }
+                print(f"{name:>12} -{f:.0%} params (actual {removed:.3f}) slice {rep}: ppl {ppl:.2f} "
+                      f"(dense {dense_ppl:.2f}, x{ppl / dense_ppl:.2f})", flush=True)
+                save()
+            del scores
+    save()
+
+
+if __name__ == "__main__":
+    main()
