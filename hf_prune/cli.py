@@ -141,6 +141,11 @@ def _load_model(model_args, data, device):
         extra["label2id"] = {str(v): i for i, v in enumerate(data.label_list)}
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub)
     get_layout(config)  # unsupported model -> ValueError naming its model_type, before any weights load
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoders (gpt2, llama) classify with padding
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(config, "pad_token_id", None) is None:
+        extra["pad_token_id"] = tokenizer.pad_token_id
     for key, value in extra.items():
         setattr(config, key, value)
     if getattr(config, ENTRY_KEY, None) is not None:
@@ -149,7 +154,6 @@ def _load_model(model_args, data, device):
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **hub)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
     return tokenizer, model.to(device)
 
 

@@ -178,10 +178,9 @@ def test_distillation_trainer_prunes_and_learns_from_the_teacher(tmp_path):
 
 def test_two_process_ddp_run_ends_with_identical_shapes(tmp_path):
     import os
+    import socket
     import subprocess
     import sys
-
-    import socket
 
     with socket.socket() as sock:  # a free port, so parallel runs do not collide
         sock.bind(("127.0.0.1", 0))

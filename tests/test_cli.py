@@ -197,3 +197,23 @@ def test_script_and_console_entry_point_exit_nonzero(tiny_model_dir, data, tmp_p
     code, err = run_cli(base_args(tiny_model_dir, *data["single"], tmp_path / "o") + ["--ffn_sparsity", "2"])
     assert code == 2 and "prune_heads: error: --ffn_sparsity must be in [0, 1)" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_decoder_sequence_classification_retrain_free(data, tmp_path):
+    """A llama-style (GQA) classifier with a GPT-2 tokenizer: the config learns the tokenizer's pad token."""
+    from transformers import GPT2TokenizerFast, LlamaConfig, LlamaModel
+
+    folder = tmp_path / "tiny-llama"
+    torch.manual_seed(0)
+    tokenizer = GPT2TokenizerFast.from_pretrained(assets.gpt2_tokenizer_dir())
+    LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                           num_key_value_heads=2, intermediate_size=40, max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    args = base_args(folder, *data["single"], out) + ["--retrain_free", "--head_sparsity", "0.34", "--ffn_sparsity",
+                                                      "0.5", "--importance", "fisher"]
+    assert main(args) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["after"]["structure"]["kv_heads_per_layer"] != [] and sum(report["after"]["structure"]["ffn_per_layer"]) == 40
+    model = load_pruned(out)
+    assert [s.heads for s in layer_shapes(model)] == report["after"]["structure"]["heads_per_layer"]
