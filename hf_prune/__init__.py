@@ -10,15 +10,28 @@ from .importance import ImportanceScores, compute_importance
 from .latency import LatencyStats, measure_latency
 from .layouts import Layout, get_layout, supported_model_types
 from .loading import load_pruned
+from .lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weights
 from .mask_tuning import tune_masks
 from .plan import PruningPlan, plan_from_flops, plan_from_sparsity
+from .quantize import quantize_dynamic_int8
 from .saving import save_pruned
 from .shapes import LayerShape, layer_shapes
 from .surgery import prune_model
+from .unstructured import SparsityReport, load_sparse, prune_unstructured, save_sparse, sparsity_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "sparsity_report",
+    "save_sparse",
+    "prune_unstructured",
+    "load_sparse",
+    "SparsityReport",
+    "quantize_dynamic_int8",
+    "snapshot_weights",
+    "rewind",
+    "reinitialize",
+    "LotteryTicketRewinder",
     "IMPORTANCE_METHODS",
     "DistillationTrainer",
     "HeadPruningCallback",

@@ -67,6 +67,11 @@ class PruningArguments:
     distill: bool = field(default=False, metadata={"help": "distil from the dense model while fine-tuning"})
     distill_alpha: float = field(default=0.5)
     distill_temperature: float = field(default=2.0)
+    unstructured_sparsity: float = field(default=0.0, metadata={
+        "help": "also zero this fraction of the projection weights by magnitude (unstructured), in [0, 1)"})
+    unstructured_scope: str = field(default="global", metadata={"choices": ["global", "layer"]})
+    quantize_int8: bool = field(default=False, metadata={
+        "help": "also evaluate a dynamic int8 copy for CPU inference and add it to the report"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a non-empty output_dir"})
     latency_batch_size: int = field(default=8)
     latency_repeats: int = field(default=10)
@@ -106,7 +111,7 @@ def parse_args(argv: list[str] | None = None):
 
 def check_args(model_args, data_args, prune_args, training_args) -> None:
     """Every check that needs no model or data, before anything is loaded or written."""
-    for name in ("head_sparsity", "ffn_sparsity"):
+    for name in ("head_sparsity", "ffn_sparsity", "unstructured_sparsity"):
         value = getattr(prune_args, name)
         if not 0.0 <= value < 1.0:
             raise ValueError(f"--{name} must be in [0, 1), got {value}")
@@ -189,6 +194,35 @@ def _snapshot(model, seq_len: int) -> dict:
     return {"parameters": count_parameters(model), "flops": count_flops(model, seq_len), "structure": structure(model)}
 
 
+def _state_dict_bytes(model) -> int:
+    """Serialized size of a model's state dict (what torch.save would write)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _quantized_summary(model, dense, evaluator, names, prune_args, data_args) -> dict:
+    """Metric, size and CPU latency of dynamic int8 copies of the pruned and the dense model."""
+    from .latency import measure_latency
+    from .quantize import quantize_dynamic_int8
+
+    pruned_int8, dense_int8 = quantize_dynamic_int8(model), quantize_dynamic_int8(dense)
+    metrics = evaluator(pruned_int8).evaluate()
+    latency = measure_latency({"dense_int8": dense_int8, "pruned_int8": pruned_int8},
+                              batch_size=prune_args.latency_batch_size, seq_len=data_args.max_seq_length,
+                              repeats=prune_args.latency_repeats)
+    return {
+        "metrics": {n: metrics.get(f"eval_{n}") for n in names},
+        "size_bytes": {"dense_fp32": _state_dict_bytes(dense), "pruned_fp32": _state_dict_bytes(model),
+                       "dense_int8": _state_dict_bytes(dense_int8), "pruned_int8": _state_dict_bytes(pruned_int8)},
+        "latency_ms": {k: v.median_s * 1e3 for k, v in latency.items()},
+    }
+
+
 def run(model_args, data_args, prune_args, training_args) -> dict:
     """The whole flow; returns the report. Raises ValueError/OSError on bad input before writing anything."""
     import torch
@@ -204,6 +238,7 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
     from .metrics import TASK_METRICS
     from .plan import plan_from_flops, plan_from_sparsity
     from .report import summary_table, write_heatmap, write_model_card, write_report
+    from .unstructured import prune_unstructured, sparsity_report
 
     timings, clock = {}, time.perf_counter()
     check_args(model_args, data_args, prune_args, training_args)
@@ -250,6 +285,8 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
             tune_masks(model, plan, calibration)
         else:
             plan.apply(model)
+        if prune_args.unstructured_sparsity:
+            prune_unstructured(model, prune_args.unstructured_sparsity, scope=prune_args.unstructured_scope)
         schedule = None
     else:
         mode = "fine-tuned"
@@ -258,7 +295,9 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
         callback = HeadPruningCallback(
             head_sparsity=prune_args.head_sparsity, ffn_sparsity=prune_args.ffn_sparsity,
             flops_reduction=prune_args.flops_reduction, importance=prune_args.importance, scope=prune_args.pruning_scope,
-            seq_len=data_args.max_seq_length, label_free=prune_args.label_free, **schedule, **common)
+            seq_len=data_args.max_seq_length, label_free=prune_args.label_free,
+            unstructured_sparsity=prune_args.unstructured_sparsity, unstructured_scope=prune_args.unstructured_scope,
+            **schedule, **common)
         trainer_class, extra = Trainer, {}
         if prune_args.distill:
             trainer_class = DistillationTrainer
@@ -284,6 +323,10 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
                               repeats=prune_args.latency_repeats)
     timings["latency_s"] = time.perf_counter() - clock
     names = list(TASK_METRICS[data.metric_task])
+    quantized = _quantized_summary(model, dense, evaluator, names, prune_args, data_args) if prune_args.quantize_int8 \
+        else None
+    if prune_args.unstructured_sparsity:
+        after["unstructured"] = {k: v for k, v in sparsity_report(model).as_dict().items() if k != "per_module"}
     before.update(metrics={n: before_metrics.get(f"eval_{n}") for n in names}, latency_ms=latency["dense"].median_s * 1e3)
     after.update(metrics={n: after_metrics.get(f"eval_{n}") for n in names}, latency_ms=latency["pruned"].median_s * 1e3)
     report = {
@@ -302,6 +345,8 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
                     "speedup": latency["dense"].median_s / latency["pruned"].median_s},
         "time_s": timings,
     }
+    if quantized is not None:
+        report["quantized_int8"] = quantized
 
     with atomic_directory(final_dir, overwrite=prune_args.overwrite_output_dir) as tmp:
         model.save_pretrained(tmp)

@@ -217,3 +217,16 @@ def test_decoder_sequence_classification_retrain_free(data, tmp_path):
     assert report["after"]["structure"]["kv_heads_per_layer"] != [] and sum(report["after"]["structure"]["ffn_per_layer"]) == 40
     model = load_pruned(out)
     assert [s.heads for s in layer_shapes(model)] == report["after"]["structure"]["heads_per_layer"]
+
+
+def test_unstructured_and_int8_flags(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "uq"
+    args = base_args(tiny_model_dir, *data["single"], out) + ["--retrain_free", "--head_sparsity", "0.25",
+                                                              "--importance", "l2", "--unstructured_sparsity", "0.5",
+                                                              "--quantize_int8"]
+    assert main(args) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert abs(report["after"]["unstructured"]["sparsity"] - 0.5) < 0.01
+    q = report["quantized_int8"]
+    assert set(q["metrics"]) == {"accuracy", "f1"} and q["size_bytes"]["pruned_int8"] < q["size_bytes"]["pruned_fp32"]
+    assert q["latency_ms"]["pruned_int8"] > 0
