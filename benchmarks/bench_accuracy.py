@@ -380,6 +380,7 @@ def main(argv=None):
           f"layer FLOPs at seq {SEQ_LEN}: {count_flops(dense, seq_len=SEQ_LEN):.4g}")
 
     def save():
+        runs.update({k: v for k, v in load_runs(runs_path).items() if k not in runs})  # other processes' runs
         atomic_write_json(runs_path, runs)
         pruned = {k: v for k, v in runs.items() if k != "dense"}
         rows = aggregate(pruned, dense_acc)
