@@ -379,12 +379,14 @@ def push_folder(folder: Path, repo_id: str, token: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one clear error line and exit status 2 on bad input."""
+    """Console entry point: one clear error line and exit status 2 on bad input (HF_PRUNE_DEBUG=1: traceback)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         args = parse_args(argv)
         run(*args)
     except (ValueError, OSError) as err:
+        if os.environ.get("HF_PRUNE_DEBUG"):
+            raise  # the full traceback, for bug reports
         print(f"prune_heads: error: {err}", file=sys.stderr)
         return 2
     return 0
