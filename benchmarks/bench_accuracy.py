@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import platform
 import random
@@ -279,7 +278,8 @@ def aggregate(runs: dict, dense_acc: float) -> list[dict]:
     for (method, mode, r), group in sorted(groups.items()):
         accs = [g["accuracy"] for g in sorted(group, key=lambda g: g["rep"])]
         rows.append({
-            "model": "sentence-transformers/all-MiniLM-L6-v2 (fine-tuned 1 epoch)", "task": "movie-reviews (rotten tomatoes sentences)",
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (fine-tuned 1 epoch)",
+            "task": "movie-reviews (rotten tomatoes sentences)",
             "method": method, "mode": mode, "flops_reduction": r,
             "flops_reduction_actual": statistics.mean(g["flops_reduction_actual"] for g in group),
             "metric_name": "accuracy", "metric": statistics.mean(accs),
