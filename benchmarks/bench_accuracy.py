@@ -180,6 +180,8 @@ def base_method(name: str) -> tuple[str, dict]:
             opts["label_free"] = True
         elif tag == "global":
             opts["scope"] = "global"
+        elif tag.endswith("epoch"):  # fine-tuned variants that differ only in schedule (steps come from --ft-steps)
+            opts["schedule_tag"] = tag
         else:
             raise ValueError(f"unknown variant tag {tag!r} in {name!r}")
     return method, opts
@@ -241,7 +243,7 @@ def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
                 model = copy.deepcopy(dense).train()
                 steps = args.ft_steps
                 callback = HeadPruningCallback(
-                    flops_reduction=r, importance=method, start_step=args.ft_start, end_step=args.ft_end,
+                    flops_reduction=r, importance=base_method(method)[0], start_step=args.ft_start, end_step=args.ft_end,
                     num_events=args.ft_events, schedule="cubic", seq_len=SEQ_LEN)
                 targs = TrainingArguments(
                     output_dir=str(args.cache / "ft-work"), max_steps=steps, per_device_train_batch_size=32,

@@ -52,8 +52,8 @@ class PruningArguments:
     importance: str = field(default="fisher", metadata={
         "help": "gradient, fisher, taylor, l1, l2, activation or random",
         "choices": ["gradient", "fisher", "taylor", "l1", "l2", "activation", "random"]})
-    pruning_start_step: int | None = field(default=None, metadata={"help": "first pruning event (default 10% of steps)"})
-    pruning_end_step: int | None = field(default=None, metadata={"help": "last pruning event (default 60% of steps)"})
+    pruning_start_step: int | None = field(default=None, metadata={"help": "first pruning event (default 10%% of steps)"})
+    pruning_end_step: int | None = field(default=None, metadata={"help": "last pruning event (default 60%% of steps)"})
     pruning_events: int = field(default=4, metadata={"help": "number of pruning events"})
     pruning_schedule: str = field(default="cubic", metadata={"choices": ["cubic", "linear"]})
     pruning_scope: str = field(default="global", metadata={"choices": ["global", "layer"]})

@@ -230,3 +230,13 @@ def test_unstructured_and_int8_flags(tiny_model_dir, data, tmp_path):
     q = report["quantized_int8"]
     assert set(q["metrics"]) == {"accuracy", "f1"} and q["size_bytes"]["pruned_int8"] < q["size_bytes"]["pruned_fp32"]
     assert q["latency_ms"]["pruned_int8"] > 0
+
+
+def test_help_lists_the_pruning_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--head_sparsity", "--flops_reduction", "--importance", "--retrain_free", "--distill",
+                 "--pruning_start_step", "--unstructured_sparsity", "--quantize_int8", "--learning_rate"):
+        assert flag in text
