@@ -120,7 +120,7 @@ def test_gqa_plans_are_accepted_by_prune_model(gqa):
     scores = compute_importance(model, None, "random", seed=1)
     plan = plan_from_sparsity(scores, head_sparsity=0.5, gqa=gqa)
     # per_group: steps of 2 heads (one per group); groups: steps of 3 heads (a whole group)
-    assert removed(plan.heads) == 9 if gqa == "groups" else removed(plan.heads) in (8, 9)
+    assert (removed(plan.heads) == 9) if gqa == "groups" else (removed(plan.heads) in (8, 9))
     plan.apply(model)
     for s, kept in zip(layer_shapes(model), plan.kept_widths()["heads"]):
         assert s.heads == kept
