@@ -43,9 +43,8 @@ sys.path.insert(0, str(HERE.parent))
 from hf_prune import compute_importance, count_parameters, plan_from_sparsity  # noqa: E402
 from hf_prune.assets import load_smollm2, wikitext2  # noqa: E402
 from hf_prune.atomic import atomic_write_json  # noqa: E402
-from hf_prune.layouts import get_layers, get_layout, get_submodule  # noqa: E402
-from hf_prune.mask_tuning import _input_second_moments, _scale_columns, least_squares_scales, unit_gram  # noqa: E402
-from hf_prune.shapes import layer_shape, layer_shapes  # noqa: E402
+from hf_prune.mask_tuning import apply_mask_tuning, calibration_moments  # noqa: E402
+from hf_prune.shapes import layer_shapes  # noqa: E402
 
 ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
 WINDOW = 512
@@ -85,28 +84,8 @@ def perplexity(model, eval_b) -> float:
 
 
 def tune_with_moments(model, plan, moments, ridge: float = 1e-6) -> None:
-    """hf_prune.tune_masks with precomputed dense Gram moments (same algorithm, same result)."""
-    layout = get_layout(model)
-    plan.check_model(model)
-    o_moments, down_moments = moments
-    layers = get_layers(model, layout)
-    solved = {"heads": {}, "neurons": {}}
-    for i, layer in enumerate(layers):
-        shape = layer_shape(layer, layout)
-        rh, rn = set(plan.heads.get(i, [])), set(plan.neurons.get(i, []))
-        keep_h = [h for h in range(shape.heads) if h not in rh]
-        keep_n = [n for n in range(shape.ffn) if n not in rn]
-        if rh and keep_h:
-            gram = unit_gram(o_moments[i], get_submodule(layer, layout.o).weight, shape.heads, layout.conv1d)
-            solved["heads"][i] = least_squares_scales(gram, keep_h, ridge)
-        if rn and keep_n:
-            gram = unit_gram(down_moments[i], get_submodule(layer, layout.down).weight, shape.ffn, layout.conv1d)
-            solved["neurons"][i] = least_squares_scales(gram, keep_n, ridge)
-    plan.apply(model)
-    for i, s in solved["heads"].items():
-        _scale_columns(get_submodule(layers[i], layout.o), s, layer_shape(layers[i], layout).head_dim, layout.conv1d)
-    for i, s in solved["neurons"].items():
-        _scale_columns(get_submodule(layers[i], layout.down), s, 1, layout.conv1d)
+    """hf_prune.tune_masks with the dense Gram moments computed once per calibration slice."""
+    apply_mask_tuning(model, plan, moments, ridge)
 
 
 def base_method(name):
@@ -230,7 +209,7 @@ def main(argv=None):
                 continue
             if moments is None:
                 t0 = time.time()
-                moments = _input_second_moments(dense, get_layout(dense), calib)
+                moments = calibration_moments(dense, calib)
                 print(f"slice {rep}: dense Gram moments in {time.time() - t0:.0f} s")
             t0 = time.time()
             scores = compute_importance(dense, calib, method=method, label_free=opts["label_free"], seed=rep,

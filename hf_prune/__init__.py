@@ -11,7 +11,7 @@ from .latency import LatencyStats, measure_latency
 from .layouts import Layout, get_layout, supported_model_types
 from .loading import load_pruned
 from .lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weights
-from .mask_tuning import tune_masks
+from .mask_tuning import apply_mask_tuning, calibration_moments, tune_masks
 from .plan import PruningPlan, plan_from_flops, plan_from_sparsity
 from .quantize import quantize_dynamic_int8
 from .saving import save_pruned
@@ -22,6 +22,8 @@ from .unstructured import SparsityReport, load_sparse, prune_unstructured, save_
 __version__ = "0.1.0"
 
 __all__ = [
+    "apply_mask_tuning",
+    "calibration_moments",
     "sparsity_report",
     "save_sparse",
     "prune_unstructured",

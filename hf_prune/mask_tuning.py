@@ -103,28 +103,25 @@ def _scale_columns(module: nn.Module, scales: torch.Tensor, width: int, conv1d: 
         weight.data.mul_(per_column[None, :])
 
 
-@torch.no_grad()
-def tune_masks(
-    model: nn.Module,
-    plan: PruningPlan,
-    dataloader: Iterable[Mapping[str, torch.Tensor]],
-    *,
-    max_batches: int | None = None,
-    ridge: float = 1e-6,
-) -> dict[str, dict[int, torch.Tensor]]:
-    """Prune `model` in place with `plan`, then rescale the kept units per layer by least squares.
+def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torch.Tensor]],
+                        max_batches: int | None = None) -> tuple[list, list]:
+    """X^T X of every layer's output- and down-projection inputs on the calibration batches (dense model).
 
-    dataloader: calibration batches (dicts of tensors; labels are ignored). max_batches: use at most
-    this many. ridge: relative Tikhonov term for a well-posed solve. Returns the scales applied,
-    {"heads": {layer: (kept heads,)}, "neurons": {layer: (kept neurons,)}}, for layers that lost units.
+    Compute once and reuse for several plans with `apply_mask_tuning` (the moments do not depend on the plan).
     """
-    layout = get_layout(model)
-    plan.check_model(model)
     batches = dataloader
     if max_batches is not None:
-        batches = (b for i, b in zip(range(max_batches), dataloader))
-    o_moments, down_moments = _input_second_moments(model, layout, batches)
+        batches = (b for _, b in zip(range(max_batches), dataloader))
+    return _input_second_moments(model, get_layout(model), batches)
 
+
+@torch.no_grad()
+def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, list],
+                      ridge: float = 1e-6) -> dict[str, dict[int, torch.Tensor]]:
+    """Prune `model` in place with `plan`, then rescale the kept units with scales solved from `moments`."""
+    layout = get_layout(model)
+    plan.check_model(model)
+    o_moments, down_moments = moments
     layers = get_layers(model, layout)
     solved: dict[str, dict[int, torch.Tensor]] = {"heads": {}, "neurons": {}}
     for i, layer in enumerate(layers):
@@ -147,3 +144,22 @@ def tune_masks(
     for i, scales in solved["neurons"].items():
         _scale_columns(get_submodule(layers[i], layout.down), scales, 1, layout.conv1d)
     return {kind: {i: s.float() for i, s in d.items()} for kind, d in solved.items()}
+
+
+@torch.no_grad()
+def tune_masks(
+    model: nn.Module,
+    plan: PruningPlan,
+    dataloader: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    max_batches: int | None = None,
+    ridge: float = 1e-6,
+) -> dict[str, dict[int, torch.Tensor]]:
+    """Prune `model` in place with `plan`, then rescale the kept units per layer by least squares.
+
+    dataloader: calibration batches (dicts of tensors; labels are ignored). max_batches: use at most
+    this many. ridge: relative Tikhonov term for a well-posed solve. Returns the scales applied,
+    {"heads": {layer: (kept heads,)}, "neurons": {layer: (kept neurons,)}}, for layers that lost units.
+    """
+    plan.check_model(model)  # before the calibration pass
+    return apply_mask_tuning(model, plan, calibration_moments(model, dataloader, max_batches), ridge)

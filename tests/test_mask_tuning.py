@@ -115,3 +115,20 @@ def test_tuning_leaves_no_hooks_and_restores_mode():
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
     with pytest.raises(ValueError, match="empty"):
         tune_masks(make_model("llama"), PruningPlan(heads={0: [0, 3]}), [])
+
+
+def test_moments_computed_once_give_the_same_result_as_tune_masks():
+    import copy
+
+    from tiny_models import make_inputs, make_model
+
+    from hf_prune import apply_mask_tuning, calibration_moments, compute_importance, plan_from_sparsity, tune_masks
+
+    model = make_model("llama")
+    batches = [make_inputs(seed=s) for s in range(3)]
+    plan = plan_from_sparsity(compute_importance(model, None, "l2"), head_sparsity=0.34, ffn_sparsity=0.3)
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    tune_masks(a, plan, batches)
+    apply_mask_tuning(b, plan, calibration_moments(model, batches))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
