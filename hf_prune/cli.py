@@ -226,7 +226,7 @@ def _quantized_summary(model, dense, evaluator, names, prune_args, data_args) ->
 def run(model_args, data_args, prune_args, training_args) -> dict:
     """The whole flow; returns the report. Raises ValueError/OSError on bad input before writing anything."""
     import torch
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     from .atomic import atomic_directory
     from .callback import HeadPruningCallback, resize_to_checkpoint
@@ -244,6 +244,7 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
     check_args(model_args, data_args, prune_args, training_args)
     data = load_task_data(data_args.task_name, data_args.train_file, data_args.validation_file,
                           data_args.max_train_samples, data_args.max_eval_samples)
+    set_seed(training_args.seed)  # a new task head is initialised reproducibly
     tokenizer, model = _load_model(model_args, data, training_args.device)
     train_set, eval_set = tokenize(data, tokenizer, data_args.max_seq_length)
     collator = DataCollatorWithPadding(tokenizer)
