@@ -55,6 +55,8 @@ from hf_prune import (  # noqa: E402
 )
 from hf_prune.assets import minilm_dir, movie_reviews  # noqa: E402
 from hf_prune.atomic import atomic_write_json  # noqa: E402
+from hf_prune.report import write_figure  # noqa: E402
+from hf_prune.saving import save_pruned  # noqa: E402
 from hf_prune.shapes import layer_shapes  # noqa: E402
 
 GRADIENT_METHODS = ("gradient", "fisher", "taylor")
@@ -147,10 +149,7 @@ def dense_model(args, tokenizer, train):
         optim.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    save_pruned(model, folder, tokenizer)  # atomic: a half-written cache never looks complete
     return model
 
 
@@ -316,11 +315,7 @@ def plot(rows, dense_acc, path: Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
+    write_figure(path, fig)
 
 
 # ----------------------------------------------------------------------------- main

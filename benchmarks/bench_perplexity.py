@@ -44,6 +44,7 @@ from hf_prune import compute_importance, count_parameters, plan_from_sparsity  #
 from hf_prune.assets import load_smollm2, wikitext2  # noqa: E402
 from hf_prune.atomic import atomic_write_json  # noqa: E402
 from hf_prune.mask_tuning import apply_mask_tuning, calibration_moments  # noqa: E402
+from hf_prune.report import write_figure  # noqa: E402
 from hf_prune.shapes import layer_shapes  # noqa: E402
 
 ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
@@ -133,10 +134,7 @@ def plot(rows, dense_ppl, path):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
+    write_figure(path, fig)
 
 
 def main(argv=None):

@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
+from hf_prune.atomic import atomic_write_json
 from hf_prune.counting import count_flops
 from hf_prune.latency import measure_latency
 from hf_prune.surgery import prune_model
@@ -209,16 +208,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json(payload: dict, path: Path) -> None:
-    """Write atomically: a temp file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="sparsity 25/50/75%% x batch 1 and 8")
@@ -271,7 +260,7 @@ def main(argv=None) -> int:
         "machine": machine,
         "rows": rows,
     }
-    write_json(payload, args.out)
+    atomic_write_json(args.out, payload)
     print(f"wrote {args.out}")
     return 1 if args.strict and not required["pass"] else 0
 

@@ -30,7 +30,7 @@ from transformers.trainer_callback import ExportableState
 from .config_entry import ENTRY_KEY, dense_widths, read_config_entry, write_config_entry
 from .counting import count_flops, count_parameters, layer_flops
 from .gates import attach_gates
-from .importance import ImportanceScores, _unit_sums, compute_importance
+from .importance import METHODS, ImportanceScores, _unit_sums, compute_importance
 from .layouts import get_layers, get_layout
 from .plan import plan_from_flops, plan_from_sparsity
 from .shapes import layer_shape, layer_shapes
@@ -126,8 +126,6 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             raise ValueError(f"need 0 <= start_step <= end_step, got start_step={start_step}, end_step={end_step}")
         if num_events > 1 and end_step is None:
             raise ValueError("an iterative schedule (num_events > 1) needs end_step")
-        from .importance import METHODS
-
         if importance not in METHODS:
             raise ValueError(f"unknown importance method {importance!r}; choose one of {', '.join(METHODS)}")
         if compact not in ("auto", True, False):

@@ -59,10 +59,22 @@ def heatmap_png(report: dict, title: str = "Attention heads kept") -> bytes:
                 va="center", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
+    return figure_png(fig, dpi=120, bbox_inches="tight")
+
+
+def figure_png(fig, dpi: int = 110, **savefig_kwargs) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, **savefig_kwargs)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def write_figure(path: str | Path, fig, dpi: int = 110) -> None:
+    """Save a matplotlib figure as a PNG, atomically (hf_prune.atomic)."""
+    atomic_write_bytes(path, figure_png(fig, dpi=dpi))
 
 
 def write_heatmap(path: str | Path, report: dict) -> None:

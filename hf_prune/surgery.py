@@ -185,10 +185,7 @@ def _normalize_request(request, kind: str, n_layers: int) -> dict[int, set[int]]
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer {layer} in `{kind}` is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
         if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
-            if isinstance(indices, torch.Tensor):
-                indices = indices.reshape(-1).tolist()
-            else:
-                raise ValueError(f"`{kind}[{layer}]` must be a list of indices, got {indices!r}")
+            raise ValueError(f"`{kind}[{layer}]` must be a list of indices, got {indices!r}")
         if isinstance(indices, torch.Tensor):
             indices = indices.reshape(-1).tolist()
         out.setdefault(layer, set()).update(_as_index(i, f"index in `{kind}[{layer}]`") for i in indices)
