@@ -61,7 +61,10 @@ class PruningArguments:
     head_multiple: int = field(default=1)
     neuron_multiple: int = field(default=1)
     retrain_free: bool = field(default=False, metadata={"help": "score, plan and mask-tune without training"})
-    mask_tuning: bool = field(default=True, metadata={"help": "least-squares rescaling in --retrain_free"})
+    mask_tuning: bool = field(default=True, metadata={"help": "least-squares recovery in --retrain_free"})
+    reconstruct: str = field(default="weights", metadata={
+        "choices": ["weights", "scales"],
+        "help": "what --mask_tuning re-solves: the kept projection weights and bias, or one scale per kept unit"})
     calibration_samples: int = field(default=256, metadata={"help": "training examples used for scoring"})
     label_free: bool = field(default=False, metadata={"help": "score with the model's own predictions as targets"})
     distill: bool = field(default=False, metadata={"help": "distil from the dense model while fine-tuning"})
@@ -283,7 +286,7 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
             plan = plan_from_sparsity(scores, prune_args.head_sparsity, prune_args.ffn_sparsity,
                                       scope=prune_args.pruning_scope, **common)
         if prune_args.mask_tuning:
-            tune_masks(model, plan, calibration)
+            tune_masks(model, plan, calibration, reconstruct=prune_args.reconstruct)
         else:
             plan.apply(model)
         if prune_args.unstructured_sparsity:
@@ -337,7 +340,8 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
         "seq_len": data_args.max_seq_length,
         "pruning": {"mode": mode, "importance": prune_args.importance, "head_sparsity": prune_args.head_sparsity,
                     "ffn_sparsity": prune_args.ffn_sparsity, "flops_reduction": prune_args.flops_reduction,
-                    "schedule": schedule, "distill": prune_args.distill},
+                    "schedule": schedule, "distill": prune_args.distill,
+                    "recovery": prune_args.reconstruct if mode == "retrain-free" and prune_args.mask_tuning else None},
         "before": before,
         "after": after,
         "latency": {"batch_size": prune_args.latency_batch_size, "seq_len": data_args.max_seq_length,

@@ -12,6 +12,14 @@ G_ij = <c_i, c_j> is needed: with X the projection's inputs (tokens, units * wid
 weight (out, units * width), G is the block sum of (X^T X) * (W^T W) over each unit's width-by-width
 block, so the dense contributions are never materialised. The normal equations
 (G_KK + ridge) s = G_K,all 1 give s. The Gram matrices come from hooks on the dense model.
+
+``reconstruct="weights"`` goes one step further: instead of one scale per kept unit, it re-solves every
+kept input column of the projection (and its bias, when it has one) so that the pruned projection
+reproduces the dense projection's output on the calibration tokens. With the projection's inputs
+augmented by a constant 1, M = [X 1]^T [X 1], dense weight [W b] and kept features K (plus the constant
+when there is a bias), the new weight is the ridge least-squares solution
+[W_K' b'] = [W b] M[:, K] (M_KK + ridge)^-1, a closed-form, per-layer OBS-style update; it contains the
+scale solution as a special case (and FLAP-style bias compensation), so it never fits the dense output worse.
 """
 
 from __future__ import annotations
@@ -29,12 +37,12 @@ from .shapes import layer_shape
 
 
 def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -> tuple[list, list]:
-    """X^T X of the inputs of every layer's output projection and down projection, over real tokens."""
+    """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens."""
     layers = get_layers(model, layout)
     device = next(model.parameters()).device
     shapes = [layer_shape(layer, layout) for layer in layers]
-    o_moments = [torch.zeros(s.heads * s.head_dim, s.heads * s.head_dim, dtype=torch.float64) for s in shapes]
-    down_moments = [torch.zeros(s.ffn, s.ffn, dtype=torch.float64) for s in shapes]
+    o_moments = [torch.zeros(s.heads * s.head_dim + 1, s.heads * s.head_dim + 1, dtype=torch.float64) for s in shapes]
+    down_moments = [torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
     current: dict = {}
 
     def hook_for(store: list, i: int):
@@ -44,7 +52,8 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -
             mask = current.get("attention_mask")
             if mask is not None and mask.numel() == flat.shape[0]:
                 flat = flat[mask.reshape(-1).bool()]
-            store[i] += (flat.t() @ flat).cpu()  # (F, F)
+            flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # (N, F + 1): a constant feature last
+            store[i] += (flat.t() @ flat).cpu()  # (F + 1, F + 1)
 
         return hook
 
@@ -92,6 +101,38 @@ def least_squares_scales(gram: torch.Tensor, keep: list[int], ridge: float = 1e-
     return torch.linalg.solve(a + scale * torch.eye(len(keep), dtype=a.dtype), b)
 
 
+def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: list[int],
+                        conv1d: bool, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ridge least-squares weights over the kept input features that best reproduce the dense projection.
+
+    moment: (F + 1, F + 1) second moment of the inputs augmented with a trailing constant 1. weight: the
+    dense projection (Linear (out, F) or Conv1D (F, out)); bias: its bias or None. keep: kept input features.
+    Returns the new weight (out, K) as (out, in) and the new bias (out,) (None when there is no bias).
+    """
+    features = torch.as_tensor(list(keep) + ([moment.shape[0] - 1] if bias is not None else []), dtype=torch.long)
+    w = _as_out_in(weight.detach(), conv1d).double().cpu()  # (out, F)
+    if bias is not None:
+        w = torch.cat([w, bias.detach().double().cpu()[:, None]], 1)  # (out, F + 1)
+        m = moment
+    else:
+        m = moment[:-1, :-1]  # (F, F)
+    a = m[features][:, features]  # (K', K')
+    b = m[features] @ w.t()  # (K', out): <kept feature, dense output>
+    scale = a.diagonal().mean().clamp_min(1e-30) * ridge if len(features) else 0.0
+    solution = torch.linalg.solve(a + scale * torch.eye(len(features), dtype=a.dtype), b).t()  # (out, K')
+    if bias is None:
+        return solution, None
+    return solution[:, :-1], solution[:, -1]
+
+
+def _write_projection(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> None:
+    """Overwrite a (pruned) Linear / Conv1D's weight, given as (out, in), and bias, keeping dtype and device."""
+    target = module.weight
+    target.data.copy_((weight.t() if conv1d else weight).to(target.device, target.dtype))
+    if bias is not None:
+        module.bias.data.copy_(bias.to(module.bias.device, module.bias.dtype))
+
+
 def _scale_columns(module: nn.Module, scales: torch.Tensor, width: int, conv1d: bool) -> None:
     """Multiply each unit's `width` input columns of a Linear / Conv1D by its scale (in place)."""
     per_column = scales.repeat_interleave(width)  # (units * width,)
@@ -115,14 +156,34 @@ def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torc
     return _input_second_moments(model, get_layout(model), batches)
 
 
+RECONSTRUCT = ("scales", "weights")
+DEFAULT_RIDGE = {"scales": 1e-6, "weights": 1e-4}
+
+
+def _check_reconstruct(reconstruct: str, ridge: float | None) -> float:
+    if reconstruct not in RECONSTRUCT:
+        raise ValueError(f"reconstruct={reconstruct!r} is not supported: use one of {RECONSTRUCT}")
+    ridge = DEFAULT_RIDGE[reconstruct] if ridge is None else ridge
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    return ridge
+
+
 @torch.no_grad()
-def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, list],
-                      ridge: float = 1e-6) -> dict[str, dict[int, torch.Tensor]]:
-    """Prune `model` in place with `plan`, then rescale the kept units with scales solved from `moments`."""
+def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, list], ridge: float | None = None,
+                      reconstruct: str = "scales") -> dict[str, dict[int, torch.Tensor]]:
+    """Prune `model` in place with `plan`, then recover each layer's output from the calibration `moments`.
+
+    reconstruct: "scales" (one scale per kept unit, Kwon et al.) or "weights" (re-solve the kept input columns and
+    bias of every output / down projection). Returns the scales ("scales") or {} entries ("weights").
+    """
+    ridge = _check_reconstruct(reconstruct, ridge)
     layout = get_layout(model)
     plan.check_model(model)
     o_moments, down_moments = moments
     layers = get_layers(model, layout)
+    if reconstruct == "weights":
+        return _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_moments, ridge)
     solved: dict[str, dict[int, torch.Tensor]] = {"heads": {}, "neurons": {}}
     for i, layer in enumerate(layers):
         shape = layer_shape(layer, layout)
@@ -131,10 +192,11 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
         keep_heads = [h for h in range(shape.heads) if h not in removed_heads]
         keep_neurons = [n for n in range(shape.ffn) if n not in removed_neurons]
         if removed_heads and keep_heads:
-            gram = unit_gram(o_moments[i], get_submodule(layer, layout.o).weight, shape.heads, layout.conv1d)
+            gram = unit_gram(o_moments[i][:-1, :-1], get_submodule(layer, layout.o).weight, shape.heads, layout.conv1d)
             solved["heads"][i] = least_squares_scales(gram, keep_heads, ridge)
         if removed_neurons and keep_neurons:
-            gram = unit_gram(down_moments[i], get_submodule(layer, layout.down).weight, shape.ffn, layout.conv1d)
+            gram = unit_gram(down_moments[i][:-1, :-1], get_submodule(layer, layout.down).weight, shape.ffn,
+                             layout.conv1d)
             solved["neurons"][i] = least_squares_scales(gram, keep_neurons, ridge)
 
     plan.apply(model)
@@ -146,6 +208,32 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
     return {kind: {i: s.float() for i, s in d.items()} for kind, d in solved.items()}
 
 
+def _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
+    """Solve every touched projection on the dense weights, prune, then write the solutions in."""
+    solved = []  # (layer, projection path, weight (out, K), bias or None)
+    for i, layer in enumerate(layers):
+        shape = layer_shape(layer, layout)
+        removed_heads = set(plan.heads.get(i, []))
+        removed_neurons = set(plan.neurons.get(i, []))
+        has_bias = {path: getattr(get_submodule(layer, path), "bias", None) is not None for path in (layout.o, layout.down)}
+        if removed_heads and (has_bias[layout.o] or len(removed_heads) < shape.heads):
+            keep = [h for h in range(shape.heads) if h not in removed_heads]
+            columns = [h * shape.head_dim + j for h in keep for j in range(shape.head_dim)]
+            proj = get_submodule(layer, layout.o)
+            solved.append((i, layout.o, *reconstruct_weights(o_moments[i], proj.weight, getattr(proj, "bias", None),
+                                                             columns, layout.conv1d, ridge)))
+        if removed_neurons and (has_bias[layout.down] or len(removed_neurons) < shape.ffn):
+            keep = [n for n in range(shape.ffn) if n not in removed_neurons]
+            proj = get_submodule(layer, layout.down)
+            solved.append((i, layout.down, *reconstruct_weights(down_moments[i], proj.weight,
+                                                                getattr(proj, "bias", None), keep, layout.conv1d,
+                                                                ridge)))
+    plan.apply(model)
+    for i, path, weight, bias in solved:
+        _write_projection(get_submodule(layers[i], path), weight, bias, layout.conv1d)
+    return {"heads": {}, "neurons": {}}
+
+
 @torch.no_grad()
 def tune_masks(
     model: nn.Module,
@@ -153,13 +241,18 @@ def tune_masks(
     dataloader: Iterable[Mapping[str, torch.Tensor]],
     *,
     max_batches: int | None = None,
-    ridge: float = 1e-6,
+    ridge: float | None = None,
+    reconstruct: str = "scales",
 ) -> dict[str, dict[int, torch.Tensor]]:
-    """Prune `model` in place with `plan`, then rescale the kept units per layer by least squares.
+    """Prune `model` in place with `plan`, then recover each layer's output by least squares.
 
     dataloader: calibration batches (dicts of tensors; labels are ignored). max_batches: use at most
-    this many. ridge: relative Tikhonov term for a well-posed solve. Returns the scales applied,
-    {"heads": {layer: (kept heads,)}, "neurons": {layer: (kept neurons,)}}, for layers that lost units.
+    this many. reconstruct: "scales" rescales the kept units (Kwon et al. 2022); "weights" re-solves the kept
+    columns and bias of every output / down projection (stronger, needs more calibration tokens than units).
+    ridge: relative Tikhonov term (default 1e-6 for scales, 1e-4 for weights). Returns the scales applied,
+    {"heads": {layer: (kept heads,)}, "neurons": {layer: (kept neurons,)}}, for layers that lost units
+    (empty dicts for "weights").
     """
+    ridge = _check_reconstruct(reconstruct, ridge)
     plan.check_model(model)  # before the calibration pass
-    return apply_mask_tuning(model, plan, calibration_moments(model, dataloader, max_batches), ridge)
+    return apply_mask_tuning(model, plan, calibration_moments(model, dataloader, max_batches), ridge, reconstruct)

@@ -103,9 +103,10 @@ def test_retrain_free_with_flops_budget_and_pruned_input(tiny_model_dir, data, t
     assert main(args) == 0
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["after"]["flops"] <= 0.6 * report["before"]["flops"]
-    assert report["pruning"]["mode"] == "retrain-free"
+    assert report["pruning"]["mode"] == "retrain-free" and report["pruning"]["recovery"] == "weights"
     again = tmp_path / "again"  # an already pruned checkpoint is a valid input (loaded through load_pruned)
-    args = base_args(out, *data["single"], again) + ["--retrain_free", "--head_sparsity", "0.2", "--importance", "l2"]
+    args = base_args(out, *data["single"], again) + ["--retrain_free", "--head_sparsity", "0.2", "--importance", "l2",
+                                                     "--reconstruct", "scales"]
     assert main(args) == 0
     assert sum(json.loads((again / "pruning_report.json").read_text())["after"]["structure"]["heads_per_layer"]) < \
         sum(report["after"]["structure"]["heads_per_layer"])
@@ -197,6 +198,9 @@ def test_script_and_console_entry_point_exit_nonzero(tiny_model_dir, data, tmp_p
     code, err = run_cli(base_args(tiny_model_dir, *data["single"], tmp_path / "o") + ["--ffn_sparsity", "2"])
     assert code == 2 and "prune_heads: error: --ffn_sparsity must be in [0, 1)" in err
     assert not (tmp_path / "o").exists()
+    code, err = run_cli(base_args(tiny_model_dir, *data["single"], tmp_path / "o") + ["--reconstruct", "bias"])
+    assert code == 2 and "--reconstruct" in err and "invalid choice" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_decoder_sequence_classification_retrain_free(data, tmp_path):
@@ -238,5 +242,5 @@ def test_help_lists_the_pruning_flags(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--head_sparsity", "--flops_reduction", "--importance", "--retrain_free", "--distill",
-                 "--pruning_start_step", "--unstructured_sparsity", "--quantize_int8", "--learning_rate"):
+                 "--pruning_start_step", "--unstructured_sparsity", "--quantize_int8", "--learning_rate", "--reconstruct"):
         assert flag in text

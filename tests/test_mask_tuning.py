@@ -132,3 +132,74 @@ def test_moments_computed_once_give_the_same_result_as_tune_masks():
     apply_mask_tuning(b, plan, calibration_moments(model, batches))
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "bert"])
+def test_weight_reconstruction_recovers_a_duplicated_neuron_exactly(model_type):
+    model = make_model(model_type)
+    layout = get_layout(model)
+    duplicate_neuron(model, layer=0, src=3, dst=7)
+    if layout.gate is not None:
+        with torch.no_grad():
+            gate = get_submodule(get_layers(model)[0], layout.gate).weight
+            gate[7] = gate[3]
+    data = calibration()
+    dense = logits(model, data)
+    solved = tune_masks(model, PruningPlan(neurons={0: [7]}), data, reconstruct="weights", ridge=1e-12)
+    assert solved == {"heads": {}, "neurons": {}}
+    assert layer_shapes(model)[0].ffn == layer_shapes(make_model(model_type))[0].ffn - 1
+    assert (logits(model, data) - dense).abs().max() < 1e-4
+
+
+def test_weight_reconstruction_fits_at_least_as_well_as_scales_and_matches_lstsq():
+    from hf_prune.mask_tuning import reconstruct_weights
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 6 * 4, generator=g, dtype=torch.float64) + 0.5  # (tokens, units * width), non-zero mean
+    w = torch.randn(10, 6 * 4, generator=g, dtype=torch.float64)  # (out, units * width)
+    bias = torch.randn(10, generator=g, dtype=torch.float64)
+    xa = torch.cat([x, torch.ones(300, 1, dtype=torch.float64)], 1)
+    moment = xa.t() @ xa  # (F + 1, F + 1)
+    target = x @ w.t() + bias  # (tokens, out)
+    keep_units = [0, 2, 5]
+    columns = [u * 4 + j for u in keep_units for j in range(4)]
+    new_w, new_b = reconstruct_weights(moment, w, bias, columns, conv1d=False, ridge=0.0)
+    fitted = x[:, columns] @ new_w.t() + new_b
+    best = torch.linalg.lstsq(xa[:, columns + [24]], target).solution  # (K + 1, out)
+    torch.testing.assert_close(fitted, xa[:, columns + [24]] @ best)
+    scales = least_squares_scales(unit_gram(x.t() @ x, w, units=6, conv1d=False), keep_units, ridge=0.0)
+    scaled = sum(s * x[:, u * 4:(u + 1) * 4] @ w[:, u * 4:(u + 1) * 4].t() for s, u in zip(scales, keep_units)) + bias
+    assert (fitted - target).norm() < (scaled - target).norm()
+    # Conv1D stores (in, out): the same solution, no bias -> None
+    conv_w, conv_b = reconstruct_weights(moment, w.t(), None, columns, conv1d=True, ridge=0.0)
+    assert conv_b is None
+    torch.testing.assert_close(conv_w, torch.linalg.lstsq(x[:, columns], x @ w.t()).solution.t())
+
+
+def test_weight_reconstruction_moves_the_mean_of_a_removed_block_into_the_bias():
+    model = make_model("bert")
+    data = calibration()
+    layout = get_layout(model)
+    ffn = layer_shapes(model)[1].ffn
+    outputs = []
+    hook = lambda module, args, out: outputs.append(out.detach().reshape(-1, out.shape[-1]))  # noqa: E731
+    down = get_submodule(get_layers(model)[1], layout.down)
+    handle = down.register_forward_hook(hook)
+    logits(model, data)
+    handle.remove()
+    real = torch.cat([b["attention_mask"].reshape(-1) for b in data]).bool()  # calibration skips padding
+    dense_mean = torch.cat(outputs)[real].mean(0)
+    tune_masks(model, PruningPlan(neurons={1: list(range(ffn))}), data, reconstruct="weights", ridge=0.0)
+    assert layer_shapes(model)[1].ffn == 0
+    torch.testing.assert_close(get_submodule(get_layers(model)[1], layout.down).bias, dense_mean, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_reconstruct_or_ridge_raises_and_leaves_the_model_untouched():
+    model = make_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="reconstruct='bias'.*scales.*weights"):
+        tune_masks(model, PruningPlan(neurons={0: [1]}), calibration(1), reconstruct="bias")
+    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+        tune_masks(model, PruningPlan(neurons={0: [1]}), calibration(1), reconstruct="weights", ridge=-1.0)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
