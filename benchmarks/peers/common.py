@@ -1,0 +1,399 @@
+"""Shared setup of the peer-tool benchmarks (runs inside each tool's own transformers-4.x venv).
+
+It mirrors benchmarks/bench_accuracy.py exactly: the data exported by export_data.py (seeded 80/20 split of the
+movie-review sentences, max_seq_length 64), the dense fine-tuned MiniLM cached at
+benchmarks/cache/minilm-movie-dense, calibration slice k = train[k*512:(k+1)*512] in batches of 32 (in order),
+evaluation on the full validation split in length-sorted batches of 128 with dynamic padding under
+torch.inference_mode. Nothing here imports hf_prune (it is not installed in these venvs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CACHE = HERE / ".cache"
+DENSE_DIR = ROOT / "benchmarks" / "cache" / "minilm-movie-dense"
+MAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
+RESULTS = HERE / "results.json"
+SEQ_LEN = 64
+CALIB_SIZE = 512
+SLICES = 3
+MODEL_NAME = "all-MiniLM-L6-v2"
+TASK = "movie-reviews"
+
+
+# ----------------------------------------------------------------------------- data (as bench_accuracy.py)
+
+
+def load_data():
+    data = json.loads((CACHE / "data.json").read_text())
+
+    def examples(split):
+        return [{"input_ids": ids, "token_type_ids": [0] * len(ids), "attention_mask": [1] * len(ids), "labels": y}
+                for ids, y in zip(split["input_ids"], split["labels"])]
+
+    return examples(data["train"]), examples(data["validation"])
+
+
+def collate(examples, pad_id=0):
+    width = max(len(e["input_ids"]) for e in examples)
+    out = {}
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        pad = pad_id if key == "input_ids" else 0
+        out[key] = torch.tensor([e[key] + [pad] * (width - len(e[key])) for e in examples], dtype=torch.long)
+    out["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+    return out
+
+
+def batches(examples, size, shuffle_seed=None):
+    order = list(range(len(examples)))
+    if shuffle_seed is None:
+        return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+    rng = random.Random(shuffle_seed)
+    rng.shuffle(order)
+    chunk = size * 16
+    out = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: len(examples[i]["input_ids"]))
+        out += [collate([examples[i] for i in part[k:k + size]]) for k in range(0, len(part), size)]
+    rng.shuffle(out)
+    return out
+
+
+def eval_batches(examples, size=128):
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+
+
+def calib_batches(train, k):
+    return batches(train[k * CALIB_SIZE:(k + 1) * CALIB_SIZE], 32)
+
+
+def inputs(batch):
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@torch.inference_mode()
+def accuracy(model, val_b) -> float:
+    model.eval()
+    right = total = 0
+    for b in val_b:
+        logits = model(**inputs(b)).logits
+        right += int((logits.argmax(-1) == b["labels"]).sum())
+        total += len(b["labels"])
+    return right / total
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def dense_dir() -> Path:
+    """The dense model folder, with a config that transformers 4.x reads (copied and fixed only if needed)."""
+    config = json.loads((DENSE_DIR / "config.json").read_text())
+    drop = [k for k in ("dtype",) if k in config and not _v4_knows_dtype()]
+    if not drop:
+        return DENSE_DIR
+    fixed = CACHE / "dense-v4"
+    if not (fixed / "config.json").exists():
+        fixed.mkdir(parents=True, exist_ok=True)
+        for f in DENSE_DIR.iterdir():
+            shutil.copy(f, fixed / f.name)
+        config["torch_dtype"] = config.pop("dtype")
+        (fixed / "config.json").write_text(json.dumps(config, indent=2))
+    return fixed
+
+
+def _v4_knows_dtype() -> bool:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return (major, minor) >= (4, 56)
+
+
+def load_dense(attn_implementation=None):
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_pretrained(dense_dir(), **kwargs)
+    return model.eval()
+
+
+def bert_shapes(model):
+    """(heads, kv_heads, head_dim, ffn) per layer, read from the weight tensors (TextPruner swaps the
+    Parameters of nn.Linear without updating in_features/out_features, so those attributes can be stale)."""
+    shapes = []
+    d = model.config.hidden_size // model.config.num_attention_heads
+    for layer in model.bert.encoder.layer:
+        att = layer.attention.self
+        d = getattr(att, "attention_head_size", d)  # a uniformly pruned config may no longer give hidden / heads
+        shapes.append((att.query.weight.shape[0] // d, att.key.weight.shape[0] // d, d,
+                       layer.intermediate.dense.weight.shape[0]))
+    return shapes
+
+
+def layer_flops(hidden, heads, kv_heads, head_dim, ffn, seq_len, gated=False):
+    """Same formula as hf_prune/counting.py (transformer layers, 2 x MACs, one sequence)."""
+    T, H, d = seq_len, hidden, head_dim
+    projections = 2 * T * H * (heads * d + 2 * kv_heads * d) + 2 * T * heads * d * H
+    attention = 2 * 2 * T * T * heads * d
+    feed_forward = 2 * T * H * ffn * (3 if gated else 2)
+    return projections + attention + feed_forward
+
+
+def count_flops(model, seq_len=SEQ_LEN):
+    return sum(layer_flops(model.config.hidden_size, *s, seq_len) for s in bert_shapes(model))
+
+
+# ----------------------------------------------------------------------------- recovery fine-tuning
+
+
+def recover(model, train, steps=100, lr=1e-4, seed=0):
+    """100 AdamW steps (lr 1e-4, batch 32) on the shuffled training split, seed 0."""
+    torch.manual_seed(seed)
+    data = batches(train, 32, shuffle_seed=seed)[:steps]
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    for b in data:
+        loss = model(**b).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+    model.eval()
+    return model
+
+
+def recovery_control(train, val_b):
+    """Accuracy of the DENSE model after the same 100-step recipe (cached; identical in every venv): it tells
+    how much of a recovery row is the recipe itself (a converged model disturbed by a fresh constant-lr AdamW)."""
+    path = CACHE / "recovery-control.json"
+    if path.exists():
+        return json.loads(path.read_text())["dense_after_recovery_recipe"]
+    acc = accuracy(recover(load_dense(), train), val_b)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"dense_after_recovery_recipe": acc}))
+    os.replace(tmp, path)
+    return acc
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+@torch.inference_mode()
+def latency_ratios(dense, pruned, reps=30, warmup=3, threads=2):
+    """Median pruned/dense latency, runs alternating in one process, torch threads 2, seq 128.
+
+    The scripts set OMP_WAIT_POLICY=PASSIVE before importing torch: on this shared 2-core machine (another
+    process keeps both cores busy) spinning OpenMP threads made a 2-thread forward ~30x slower (b1: ~900 ms
+    instead of ~35 ms), which would swamp any pruning effect.
+    """
+    torch.set_num_threads(threads)
+    dense.eval(), pruned.eval()
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for batch in (8, 1):
+        ids = torch.randint(1000, 30000, (batch, 128), generator=gen)
+        kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        times = {"dense": [], "pruned": []}
+        for i in range(warmup + reps):
+            for name, model in (("dense", dense), ("pruned", pruned)) if i % 2 == 0 else (("pruned", pruned), ("dense", dense)):
+                t0 = time.perf_counter()
+                model(**kw)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+        d, p = statistics.median(times["dense"]), statistics.median(times["pruned"])
+        out[f"b{batch}"] = {"dense_ms": 1000 * d, "pruned_ms": 1000 * p, "ratio": p / d}
+    out["threads"] = threads
+    out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
+    out["ideal_ratio_seq128"] = count_flops(pruned, 128) / count_flops(dense, 128)
+    return out
+
+
+# ----------------------------------------------------------------------------- reload checks
+
+
+def check_batch(val):
+    return collate(val[:32])
+
+
+@torch.inference_mode()
+def logits_of(model, batch):
+    model.eval()
+    return model(**inputs(batch)).logits.float()
+
+
+def reload_v4(folder, reference, batch):
+    """transformers 4.x AutoModelForSequenceClassification.from_pretrained(folder): (ok, note)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    records = []
+    handler = _ListHandler(records)
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        diff = float((logits_of(model, batch) - reference).abs().max())
+        warn = [r for r in records if "newly initialized" in r or "not used" in r or "mismatch" in r]
+        ok = diff < 1e-4
+        return ok, f"v4 loads; max|logit diff| {diff:.2e}" + (f"; warnings: {' | '.join(w[:300] for w in warn)}" if warn else "")
+    except Exception as exc:  # noqa: BLE001 - the error text is the result
+        return False, f"v4 from_pretrained fails: {type(exc).__name__}: {_short(str(exc))}"
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+
+
+V5_SCRIPT = r"""
+import json, sys, warnings, logging, io
+import torch
+from transformers import AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
+buf = io.StringIO()
+h = logging.StreamHandler(buf)
+hf_logging.get_logger().addHandler(h)
+folder, batch_file, out_file = sys.argv[1:4]
+res = {}
+try:
+    m = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    b = json.load(open(batch_file))
+    with torch.inference_mode():
+        lg = m(**{k: torch.tensor(v) for k, v in b.items()}).logits.float()
+    res["logits"] = lg.tolist()
+except Exception as exc:
+    res["error"] = f"{type(exc).__name__}: {exc}"
+res["log"] = buf.getvalue()
+import transformers
+res["transformers"] = transformers.__version__
+json.dump(res, open(out_file, "w"))
+"""
+
+
+def reload_v5(folder, reference, batch):
+    """Our venv's transformers 5 AutoModelForSequenceClassification.from_pretrained(folder): (ok, note)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bf, of = Path(tmp) / "batch.json", Path(tmp) / "out.json"
+        bf.write_text(json.dumps({k: v.tolist() for k, v in inputs(batch).items()}))
+        proc = subprocess.run([str(MAIN_PYTHON), "-c", V5_SCRIPT, str(folder), str(bf), str(of)],
+                              capture_output=True, text=True, timeout=600)
+        if not of.exists():
+            return False, f"v5 subprocess crashed (rc {proc.returncode}): {_short(proc.stderr[-1500:])}"
+        res = json.loads(of.read_text())
+    tag = f"v5 ({res.get('transformers')})"
+    log = " ".join(line for line in res["log"].splitlines() if line.strip())
+    if "error" in res:
+        report = f"; load report: {_short(log, 900)}" if log else ""
+        return False, f"{tag} from_pretrained fails: {_short(res['error'])}{report}"
+    diff = float((torch.tensor(res["logits"]) - reference).abs().max())
+    note = f"{tag} loads; max|logit diff| {diff:.2e}"
+    if diff >= 1e-4 and log:
+        note += f"; load report: {_short(log, 600)}"
+    return diff < 1e-4, note
+
+
+def _short(text, n=900):
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+    return text if len(text) <= n else text[:n] + " ..."
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def versions(tool_name=None, tool_module=None):
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+    if tool_name:
+        from importlib.metadata import version
+
+        out["tool"] = f"{tool_name}=={version(tool_name)}"
+    return out
+
+
+def machine():
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} shared CPU cores "
+            f"(another process running experiments at the same time), torch threads 2 for latency")
+
+
+def summarize(method, mode, runs, dense_acc, extra):
+    accs = [r["accuracy"] for r in runs]
+    row = {
+        "model": MODEL_NAME, "task": TASK, "method": method, "mode": mode,
+        "flops_reduction": statistics.mean(r["flops_reduction"] for r in runs),
+        "metric_name": "accuracy", "metric": statistics.mean(accs),
+        "metric_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "runs": len(accs), "metric_runs": accs,
+        "dense_metric": dense_acc,
+        "seconds_to_prune": statistics.median(r["seconds_to_prune"] for r in runs),
+        "seconds_to_prune_runs": [r["seconds_to_prune"] for r in runs],
+        "calibration": f"{SLICES} disjoint slices train[k*{CALIB_SIZE}:(k+1)*{CALIB_SIZE}], batch 32",
+    }
+    row.update(extra)
+    if mode.startswith("recovery"):
+        row["recovery"] = ("100 AdamW steps (lr 1e-4 constant, weight decay 0.01, batch 32, dropout on) on the "
+                           "shuffled training split, seed 0, after pruning")
+    return row
+
+
+def write_rows(rows):
+    """Merge rows into results.json (key: method, mode), atomically."""
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
+    keys = {(r["method"], r["mode"]) for r in rows}
+    data["rows"] = [r for r in data["rows"] if (r["method"], r["mode"]) not in keys] + rows
+    data["rows"].sort(key=lambda r: (r["method"], r["mode"]))
+    data["machine"] = machine()
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, RESULTS)
+
+
+class RunCache:
+    """Per-tool cache of finished runs (accuracy per slice), so an interrupted script resumes."""
+
+    def __init__(self, name):
+        self.path = CACHE / f"runs-{name}.json"
+        self.runs = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key):
+        return self.runs.get(key)
+
+    def put(self, key, value):
+        self.runs[key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.runs, indent=2))
+        os.replace(tmp, self.path)
+
+
+def guarded(fn, *args):
+    """Run fn, returning (result, None) or (None, traceback text)."""
+    try:
+        return fn(*args), None
+    except Exception:  # noqa: BLE001
+        return None, traceback.format_exc()
+
+
+def log(msg):
+    print(msg, flush=True)
+    sys.stdout.flush()

@@ -1,0 +1,121 @@
+"""TextPruner TransformerPruner, iterative Taylor pruning of heads and FFN neurons: 6 of 12 heads and 768 of
+1536 FFN neurons in every layer (`head_even_masking`, `ffn_even_masking`), `n_iters=4`, labelled loss.
+
+TextPruner scores heads by |sum(w * dL/dw)| over each head's columns of the attention output projection and
+FFN neurons by the same over the FFN weights, re-scoring after each of the n_iters masking rounds; the last
+round removes the heads with `prune_heads` and slices the FFN. The pruned model is saved with the tool's own
+`TransformerPruner.save_model()` (pytorch_model.bin + config.json with intermediate_size and pruned_heads).
+
+    benchmarks/peers/.venvs/textpruner/bin/python benchmarks/peers/run_textpruner.py [--recovery]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see common.latency_ratios
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import common as C  # noqa: E402
+import torch  # noqa: E402
+from textpruner import GeneralConfig, TransformerPruner, TransformerPruningConfig  # noqa: E402
+
+METHOD = "textpruner-taylor"
+N_ITERS = 4
+
+
+def prune(dense, calib, output_dir):
+    model = copy.deepcopy(dense)
+    t0 = time.time()
+    pruner = TransformerPruner(
+        model,
+        transformer_pruning_config=TransformerPruningConfig(
+            target_ffn_size=768, target_num_of_heads=6, pruning_method="iterative", n_iters=N_ITERS,
+            head_even_masking=True, ffn_even_masking=True),
+        general_config=GeneralConfig(use_device="cpu", output_dir=output_dir))
+    pruner.prune(dataloader=calib, save_model=False)
+    return model.eval(), time.time() - t0, pruner
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    args = p.parse_args()
+    logging.getLogger("textpruner").setLevel(logging.WARNING)
+    torch.set_num_threads(2)
+    train, val = C.load_data()
+    val_b = C.eval_batches(val)
+    dense = C.load_dense()  # default (sdpa) attention; prune_heads works with it
+    cache = C.RunCache("textpruner")
+    dense_acc = cache.get("dense") or C.accuracy(dense, val_b)
+    cache.put("dense", dense_acc)
+    C.log(f"dense accuracy {dense_acc:.4f}")
+    dense_flops = C.count_flops(dense)
+    modes = ["retrain-free"] + (["recovery-100-steps"] if args.recovery else [])
+    runs = {m: [] for m in modes}
+    work = tempfile.mkdtemp(prefix="peer-textpruner-")
+    kept = None
+    try:
+        for k in range(C.SLICES):
+            need = [m for m in modes if cache.get(f"{m}|{k}") is None]
+            if need or kept is None:
+                model, secs, pruner = prune(dense, C.calib_batches(train, k), os.path.join(work, f"slice{k}"))
+                shapes = C.bert_shapes(model)
+                flops_red = 1 - C.count_flops(model) / dense_flops
+                if k == 0:
+                    kept = (model, pruner)
+                if "retrain-free" in need:
+                    cache.put(f"retrain-free|{k}", {"accuracy": C.accuracy(model, val_b), "seconds_to_prune": secs,
+                                                    "flops_reduction": flops_red, "shapes": shapes})
+                if "recovery-100-steps" in need:
+                    t0 = time.time()
+                    rec = C.recover(copy.deepcopy(model), train)
+                    cache.put(f"recovery-100-steps|{k}", {
+                        "accuracy": C.accuracy(rec, val_b), "seconds_to_prune": secs,
+                        "seconds_training": time.time() - t0, "flops_reduction": flops_red, "shapes": shapes})
+            for m in modes:
+                r = cache.get(f"{m}|{k}")
+                runs[m].append(r)
+                C.log(f"{METHOD} {m} slice {k}: acc {r['accuracy']:.4f} prune {r['seconds_to_prune']:.1f}s "
+                      f"FLOPs -{r['flops_reduction']:.3f} shapes {r['shapes'][0]}")
+
+        pruned, pruner = kept
+        lat = C.latency_ratios(dense, pruned)
+        C.log(f"latency {lat}")
+        batch = C.check_batch(val)
+        ref = C.logits_of(pruned, batch)
+        saved = pruner.save_model()  # the tool's documented save: pytorch_model.bin + config.json
+        files = sorted(os.listdir(saved))
+        ok4, note4 = C.reload_v4(saved, ref, batch)
+        ok5, note5 = C.reload_v5(saved, ref, batch)
+        notes = f"saved with TransformerPruner.save_model() -> {files}. {note4}. {note5}"
+        C.log(f"reload v4 {ok4}, v5 {ok5}: {notes}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    extra = {
+        "latency_ratio_b8": lat["b8"]["ratio"], "latency_ratio_b1": lat["b1"]["ratio"],
+        "latency_ideal_ratio_seq128": lat["ideal_ratio_seq128"], "latency_ms": {k: lat[k] for k in ("b8", "b1")},
+        "latency_note": "pruned vs dense, both default (sdpa) attention, median of 30 alternating runs, seq 128, "
+                        "2 threads, OMP_WAIT_POLICY=PASSIVE",
+        "reload_v4_from_pretrained": ok4, "reload_v5_from_pretrained": ok5, "reload_notes": notes,
+        "budget": "50% of heads (6 of 12) and 50% of FFN neurons (768 of 1536) in every layer",
+        "importance": f"TextPruner iterative Taylor (labelled loss), n_iters={N_ITERS}, even masking per layer",
+        "versions": C.versions("textpruner"),
+    }
+    rows = [C.summarize(METHOD, m, runs[m], dense_acc, extra) for m in modes]
+    for r in rows:
+        if r["mode"].startswith("recovery"):
+            r["dense_metric_after_same_recovery"] = C.recovery_control(train, val_b)
+    C.write_rows(rows)
+    for r in rows:
+        C.log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_sd']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

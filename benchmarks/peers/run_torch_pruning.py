@@ -1,0 +1,156 @@
+"""Torch-Pruning (MetaPruner/BasePruner + TaylorImportance): 50% of heads and 50% of FFN neurons per layer.
+
+The model is loaded with eager attention (Torch-Pruning traces the graph; SDPA hides the heads) and KV cache
+off. Groups: q/k/v of every layer pruned by whole heads (`num_heads`, `prune_num_heads=True`,
+`prune_head_dims=False`, `head_pruning_ratio=0.5`), intermediate.dense neurons with `pruning_ratio=0.5`,
+local (per-layer) pruning. The hidden size is kept: the layers whose output channels are the residual stream
+(attention.output.dense, output.dense), the pooler and the classifier are `ignored_layers`.
+Taylor importance uses the gradients of the labelled loss summed over the calibration batches.
+After `pruner.step()` the BertSelfAttention attributes (num_attention_heads, all_head_size) are updated, as in
+Torch-Pruning's Hugging Face BERT example.
+
+    benchmarks/peers/.venvs/torch-pruning/bin/python benchmarks/peers/run_torch_pruning.py [--recovery]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see common.latency_ratios
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import common as C  # noqa: E402
+import torch  # noqa: E402
+import torch_pruning as tp  # noqa: E402
+
+METHOD = "torch-pruning-taylor"
+
+
+def prune(dense, calib):
+    model = copy.deepcopy(dense)
+    t0 = time.time()
+    model.config.use_cache = False
+    layers = model.bert.encoder.layer
+    num_heads, ignored = {}, [model.classifier, model.bert.pooler.dense]
+    for layer in layers:
+        att = layer.attention.self
+        for lin in (att.query, att.key, att.value):
+            num_heads[lin] = att.num_attention_heads
+        ignored += [layer.attention.output.dense, layer.output.dense]
+    example = {k: v for k, v in calib[0].items() if k != "labels"}
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=tp.importance.TaylorImportance(), global_pruning=False,
+        pruning_ratio=0.5, ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True,
+        prune_head_dims=False, head_pruning_ratio=0.5)
+    model.zero_grad()
+    model.eval()  # dropout off: the gradients are those of the deterministic loss
+    for b in calib:
+        model(**b).loss.backward()
+    pruner.step()
+    for layer in layers:
+        att = layer.attention.self
+        att.num_attention_heads = att.query.out_features // att.attention_head_size
+        att.all_head_size = att.query.out_features
+    model.zero_grad(set_to_none=True)
+    return model.eval(), time.time() - t0
+
+
+def reloads(pruned, val):
+    batch = C.check_batch(val)
+    ref = C.logits_of(pruned, batch)
+    tmp = Path(tempfile.mkdtemp(prefix="peer-tp-"))
+    notes = []
+    try:
+        # the documented way: pickle the whole (pruned) module
+        pth = tmp / "model.pth"
+        torch.save(pruned, pth)
+        try:
+            back = torch.load(pth, weights_only=False)
+            diff = float((C.logits_of(back, batch) - ref).abs().max())
+            notes.append(f"torch.save(model)/torch.load(weights_only=False) in the same venv: max|logit diff| {diff:.2e}")
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"torch.load fails: {type(exc).__name__}: {C._short(str(exc))}")
+        # the Hugging Face way: save_pretrained writes the pruned weights with the unchanged dense config
+        hf = tmp / "hf"
+        pruned.save_pretrained(hf)
+        ok4, note4 = C.reload_v4(hf, ref, batch)
+        ok5, note5 = C.reload_v5(hf, ref, batch)
+        notes.append(f"save_pretrained (Torch-Pruning leaves config.num_attention_heads/intermediate_size at the "
+                     f"dense values; a per-layer pruned BERT has no config field for head_dim != hidden/heads): {note4}. {note5}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ok4, ok5, " ".join(notes)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    train, val = C.load_data()
+    val_b = C.eval_batches(val)
+    dense = C.load_dense(attn_implementation="eager")
+    cache = C.RunCache("torch-pruning")
+    dense_acc = cache.get("dense") or C.accuracy(dense, val_b)
+    cache.put("dense", dense_acc)
+    C.log(f"dense accuracy {dense_acc:.4f} (eager attention)")
+    dense_flops = C.count_flops(dense)
+    modes = ["retrain-free"] + (["recovery-100-steps"] if args.recovery else [])
+    runs = {m: [] for m in modes}
+    kept = None
+    for k in range(C.SLICES):
+        need = [m for m in modes if cache.get(f"{m}|{k}") is None]
+        if need or kept is None:
+            model, secs = prune(dense, C.calib_batches(train, k))
+            shapes = C.bert_shapes(model)
+            flops_red = 1 - C.count_flops(model) / dense_flops
+            if k == 0:
+                kept = model
+            if "retrain-free" in need:
+                cache.put(f"retrain-free|{k}", {"accuracy": C.accuracy(model, val_b), "seconds_to_prune": secs,
+                                                "flops_reduction": flops_red, "shapes": shapes})
+            if "recovery-100-steps" in need:
+                t0 = time.time()
+                rec = C.recover(copy.deepcopy(model), train)
+                cache.put(f"recovery-100-steps|{k}", {"accuracy": C.accuracy(rec, val_b), "seconds_to_prune": secs,
+                                                      "seconds_training": time.time() - t0,
+                                                      "flops_reduction": flops_red, "shapes": shapes})
+        for m in modes:
+            r = cache.get(f"{m}|{k}")
+            runs[m].append(r)
+            C.log(f"{METHOD} {m} slice {k}: acc {r['accuracy']:.4f} prune {r['seconds_to_prune']:.1f}s "
+                  f"FLOPs -{r['flops_reduction']:.3f} shapes {r['shapes'][0]}")
+
+    pruned = kept
+    lat = C.latency_ratios(dense, pruned)
+    C.log(f"latency {lat}")
+    ok4, ok5, notes = reloads(pruned, val)
+    C.log(f"reload v4 {ok4}, v5 {ok5}: {notes}")
+    extra = {
+        "latency_ratio_b8": lat["b8"]["ratio"], "latency_ratio_b1": lat["b1"]["ratio"],
+        "latency_ideal_ratio_seq128": lat["ideal_ratio_seq128"], "latency_ms": {k: lat[k] for k in ("b8", "b1")},
+        "latency_note": "pruned vs dense, both eager attention (required by Torch-Pruning), median of 30 "
+                        "alternating runs, seq 128, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+        "reload_v4_from_pretrained": ok4, "reload_v5_from_pretrained": ok5, "reload_notes": notes,
+        "budget": "50% of heads (6 of 12) and 50% of FFN neurons (768 of 1536) in every layer",
+        "importance": "tp.importance.TaylorImportance (group mean of |w * dL/dw|), gradients summed over the "
+                      "calibration batches, local (per-layer) pruning",
+        "versions": C.versions("torch-pruning"),
+    }
+    rows = [C.summarize(METHOD, m, runs[m], dense_acc, extra) for m in modes]
+    for r in rows:
+        if r["mode"].startswith("recovery"):
+            r["dense_metric_after_same_recovery"] = C.recovery_control(train, val_b)
+    C.write_rows(rows)
+    for r in rows:
+        C.log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_sd']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
