@@ -8,6 +8,8 @@ full validation split (max_seq_length 64, dynamic padding, batch 128, torch.infe
 Modes.
 - ``retrain-free``: score on a calibration slice of the training split (3 disjoint slices), plan the FLOPs
   budget, prune + least-squares mask tuning (`hf_prune.tune_masks`) on the same slice, no training.
+  Variants ``+weights`` recover with `tune_masks(..., reconstruct="weights")` (kept projection weights and
+  bias re-solved) instead of one scale per kept unit; ``+calN`` use N calibration sentences per slice.
   Gradient methods (gradient, fisher, taylor) put heads and neurons on one loss scale and use the joint
   search `plan_from_flops`; l2, activation and random cannot compare heads with neurons, so they remove the
   same fraction of heads and FFN neurons from every layer (`plan_from_sparsity(scope="layer")`), which
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import random
@@ -62,7 +65,7 @@ from hf_prune.shapes import layer_shapes  # noqa: E402
 GRADIENT_METHODS = ("gradient", "fisher", "taylor")
 ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
 SEQ_LEN = 64
-PEER = {"TextPruner (iterative Taylor)": 0.834, "Torch-Pruning Taylor (best)": 0.831, "random (issue)": 0.69}
+PEER = {"TextPruner (iterative Taylor)": 0.834, "Torch-Pruning Taylor (best)": 0.831, "random (issue)": 0.69}  # issue 8
 
 
 # ----------------------------------------------------------------------------- data
@@ -158,8 +161,6 @@ def dense_model(args, tokenizer, train):
 
 def load_runs(path: Path) -> dict:
     if path.exists():
-        import json
-
         return json.loads(path.read_text())
     return {}
 
@@ -169,7 +170,7 @@ def run_key(method, mode, reduction, rep):
 
 
 def base_method(name: str) -> tuple[str, dict]:
-    """'fisher' or a variant like 'fisher+cal1024' / 'fisher+labelfree' -> (method, options)."""
+    """'fisher' or a variant like 'fisher+cal1024' / 'fisher+labelfree' / 'fisher+weights' -> (method, options)."""
     method, *tags = name.split("+")
     opts = {"calib": None, "label_free": False}
     for tag in tags:
@@ -179,6 +180,8 @@ def base_method(name: str) -> tuple[str, dict]:
             opts["label_free"] = True
         elif tag == "global":
             opts["scope"] = "global"
+        elif tag == "weights":  # recovery re-solves the kept projection weights instead of unit scales
+            opts["reconstruct"] = "weights"
         elif tag.endswith("epoch"):  # fine-tuned variants that differ only in schedule (steps come from --ft-steps)
             opts["schedule_tag"] = tag
         else:
@@ -211,7 +214,7 @@ def retrain_free(args, dense, train, val_b, runs, save):
                 model = copy.deepcopy(dense)
                 plan = plan_for(method, scores, model, r, opts)
                 t1 = time.time()
-                tune_masks(model, plan, calib)
+                tune_masks(model, plan, calib, reconstruct=opts.get("reconstruct", "scales"))
                 t_tune = time.time() - t1
                 acc = accuracy(model, val_b)
                 flops = count_flops(model, seq_len=SEQ_LEN)
@@ -292,28 +295,48 @@ def aggregate(runs: dict, dense_acc: float) -> list[dict]:
     return rows
 
 
+def peer_rows(path: Path = HERE / "peers" / "results.json") -> list[dict]:
+    """Rows of the peer tools (benchmarks/peers/run.sh), on the same split and dense model; [] if not run."""
+    if not path.exists():
+        return []
+    return [dict(row, source="benchmarks/peers") for row in json.loads(path.read_text())["rows"]]
+
+
 def plot(rows, dense_acc, path: Path):
+    """Two panels: least-squares weight recovery, fine-tuning and the peer tools; and unit-scale recovery."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    lines = sorted({(r["method"], r["mode"]) for r in rows})
-    for method, mode in lines:
-        pts = sorted((r["flops_reduction"], r["metric"], r["metric_sd"]) for r in rows
-                     if r["method"] == method and r["mode"] == mode)
-        xs, ys, es = zip(*pts)
-        style = "-o" if mode == "retrain-free" else "--s"
-        ax.errorbar([100 * x for x in xs], ys, yerr=es, fmt=style, capsize=3, label=f"{method} ({mode})")
-    ax.axhline(dense_acc, color="k", lw=1, label=f"dense {dense_acc:.3f}")
-    ax.axhline(dense_acc - 0.01, color="k", lw=0.8, ls=":", label="dense - 1 point")
-    ax.plot([50], [0.834], "k*", ms=12, label="TextPruner 0.834 (issue)")
-    ax.set_xlabel("FLOPs reduction of the transformer layers (%) at seq_len 64")
-    ax.set_ylabel("validation accuracy (2014 sentences)")
-    ax.set_title("MiniLM-L6 on movie reviews: accuracy vs FLOPs (mean +- sd over 3 runs)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    peers = [r for r in rows if r.get("source")]
+    ours = [r for r in rows if not r.get("source")]
+    panels = {0: [r for r in ours if "+weights" in r["method"] or r["mode"] == "fine-tuned"],
+              1: [r for r in ours if "+weights" not in r["method"] and r["mode"] == "retrain-free"]}
+    for k, ax in enumerate(axes):
+        for method, mode in sorted({(r["method"], r["mode"]) for r in panels[k]}):
+            pts = sorted((r["flops_reduction"], r["metric"], r["metric_sd"]) for r in panels[k]
+                         if r["method"] == method and r["mode"] == mode)
+            xs, ys, es = zip(*pts)
+            style = "-o" if mode == "retrain-free" else "--s"
+            ax.errorbar([100 * x for x in xs], ys, yerr=es, fmt=style, capsize=3, ms=4, label=f"{method} ({mode})")
+        for r in peers:
+            if r["mode"] == "retrain-free":
+                ours = r["method"].startswith("hf_prune")
+                kind = "the peers' uniform budget" if ours else "peer"
+                ax.errorbar([100 * r["flops_reduction"]], [r["metric"]], yerr=[r["metric_sd"]], fmt="P" if ours else "*",
+                            ms=10 if ours else 12, capsize=3, label=f"{r['method']} ({kind}, retrain-free)")
+        ax.axhline(dense_acc, color="k", lw=1, label=f"dense {dense_acc:.3f}")
+        ax.axhline(dense_acc - 0.01, color="k", lw=0.8, ls=":", label="dense - 1 point")
+        ax.set_xlabel("FLOPs reduction of the transformer layers (%) at seq_len 64")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="lower left")
+    axes[0].set_ylabel("validation accuracy (2014 sentences)")
+    axes[0].set_title("recovery re-solves kept weights (+weights), fine-tuned, peers")
+    axes[1].set_title("recovery rescales kept units (Kwon et al. mask tuning)")
+    axes[0].set_ylim(0.55, 0.88)
+    fig.suptitle("MiniLM-L6 on movie reviews: accuracy vs FLOPs (mean +- sd over 3 slices / seeds)")
     fig.tight_layout()
     write_figure(path, fig)
 
@@ -380,7 +403,7 @@ def main(argv=None):
         runs.update({k: v for k, v in load_runs(runs_path).items() if k not in runs})  # other processes' runs
         atomic_write_json(runs_path, runs)
         pruned = {k: v for k, v in runs.items() if k != "dense"}
-        rows = aggregate(pruned, dense_acc)
+        rows = aggregate(pruned, dense_acc) + peer_rows()
         atomic_write_json(args.results / "accuracy.json", {
             "rows": rows,
             "setup": {
@@ -401,9 +424,9 @@ def main(argv=None):
     if not args.skip_fine_tuned:
         fine_tuned(args, dense, tokenizer, train, val_b, runs, save)
     save()
-    for row in aggregate({k: v for k, v in runs.items() if k != "dense"}, dense_acc):
-        print(f"{row['method']:>18} {row['mode']:>12} -{row['flops_reduction']:.0%}: {row['metric']:.4f} "
-              f"+- {row['metric_sd']:.4f} ({row['delta_points']:+.2f} pt, n={row['runs']})")
+    for row in aggregate({k: v for k, v in runs.items() if k != "dense"}, dense_acc) + peer_rows():
+        print(f"{row['method']:>26} {row['mode']:>18} -{row['flops_reduction']:.0%}: {row['metric']:.4f} "
+              f"+- {row['metric_sd']:.4f} ({100 * (row['metric'] - row['dense_metric']):+.2f} pt, n={row['runs']})")
 
 
 if __name__ == "__main__":
