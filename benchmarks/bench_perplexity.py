@@ -18,6 +18,12 @@ result as calling `tune_masks` each time). Budgets are fractions of the layer pa
 
 The measured fraction removed is written next to the nominal one.
 
+Variants (tags after the method): ``+global`` ranks units across layers; ``+params`` lets the joint search
+(`plan_from_flops` at seq_len 1, where a layer's FLOPs are twice its projection parameters) choose heads and
+FFN neurons of every layer for the parameter budget; ``+weights`` recovers with
+`reconstruct="weights"` (kept projection weights re-solved; statistics from `--moment-windows` windows per
+slice: the slice's scoring windows, then further windows of the training split).
+
     .venv/bin/python benchmarks/bench_perplexity.py --quick     # smoke run, writes under cache/quick
     .venv/bin/python benchmarks/bench_perplexity.py             # default grid (resumes from cached runs)
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import platform
@@ -40,7 +47,7 @@ from tqdm.auto import tqdm
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from hf_prune import compute_importance, count_parameters, plan_from_sparsity  # noqa: E402
+from hf_prune import compute_importance, count_parameters, plan_from_flops, plan_from_sparsity  # noqa: E402
 from hf_prune.assets import load_smollm2, wikitext2  # noqa: E402
 from hf_prune.atomic import atomic_write_json  # noqa: E402
 from hf_prune.mask_tuning import apply_mask_tuning, calibration_moments  # noqa: E402
@@ -84,14 +91,26 @@ def perplexity(model, eval_b) -> float:
     return math.exp(nll / count)
 
 
-def tune_with_moments(model, plan, moments, ridge: float = 1e-6) -> None:
-    """hf_prune.tune_masks with the dense Gram moments computed once per calibration slice."""
-    apply_mask_tuning(model, plan, moments, ridge)
-
-
 def base_method(name):
+    """'fisher' or a variant: +global (rank across layers), +params (joint heads/FFN search for the parameter
+    budget), +weights (recovery re-solves the kept projection weights), +labelfree."""
     method, *tags = name.split("+")
-    return method, {"scope": "global" if "global" in tags else "layer", "label_free": "labelfree" in tags}
+    unknown = set(tags) - {"global", "params", "weights", "labelfree"}
+    if unknown:
+        raise ValueError(f"unknown variant tags {sorted(unknown)} in {name!r}")
+    return method, {"scope": "global" if "global" in tags else "layer", "label_free": "labelfree" in tags,
+                    "params": "params" in tags, "reconstruct": "weights" if "weights" in tags else "scales"}
+
+
+def plan_for(scores, model, fraction, opts, dense_heads, dense_ffn):
+    """The pruning plan for a fraction of layer parameters removed."""
+    if opts["params"]:
+        # at seq_len 1 a layer's FLOPs are 2 x its projection parameters (+ a negligible 4*h*d score term), so
+        # the joint FLOPs search is a parameter-budget search over heads and FFN neurons of all layers
+        return plan_from_flops(scores, model, flops_fraction=1.0 - fraction, seq_len=1)
+    heads, ffn = BUDGETS[fraction]
+    return plan_from_sparsity(scores, head_sparsity=(dense_heads - heads) / dense_heads,
+                              ffn_sparsity=(dense_ffn - ffn) / dense_ffn, scope=opts["scope"], gqa="per_group")
 
 
 def aggregate(runs, dense_ppl, n_eval):
@@ -109,30 +128,44 @@ def aggregate(runs, dense_ppl, n_eval):
             "metric_name": "perplexity", "metric": mean, "metric_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
             "runs": len(ppl), "metric_runs": ppl, "dense_metric": dense_ppl, "rise": mean / dense_ppl - 1,
             "eval_tokens": n_eval * WINDOW, "heads_per_layer": g[0]["heads"][0], "ffn_per_layer": g[0]["ffn"][0],
+            "heads_all_layers": g[0]["heads"], "ffn_all_layers": g[0]["ffn"],  # slice 0's widths, layer by layer
         })
     return rows
 
 
+def peer_rows(path: Path = HERE / "peers" / "results_perplexity.json") -> list[dict]:
+    """Torch-Pruning on the same windows (benchmarks/peers/run.sh); [] if not run."""
+    if not path.exists():
+        return []
+    return [dict(row, source="benchmarks/peers") for row in json.loads(path.read_text())["rows"]]
+
+
 def plot(rows, dense_ppl, path):
+    """Two panels: recovery by re-solved weights (+weights) with the peers; recovery by unit scales."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for m in sorted({r["method"] for r in rows}):
-        pts = sorted((r["params_removed"], r["metric"], r["metric_sd"]) for r in rows if r["method"] == m)
-        xs, ys, es = zip(*pts)
-        ax.errorbar([0] + [100 * x for x in xs], [dense_ppl] + list(ys), yerr=[0] + list(es), fmt="-o", capsize=3,
-                    label=m)
-    ax.axhline(dense_ppl * 1.25, color="k", ls=":", lw=0.8, label="dense + 25%")
-    ax.plot([20], [199.7], "k*", ms=12, label="Torch-Pruning Taylor (issue, full test, dense 28.5)")
-    ax.set_yscale("log")
-    ax.set_xlabel("layer parameters removed (%)")
-    ax.set_ylabel("WikiText-2 test perplexity (log)")
-    ax.set_title("SmolLM2-135M, retrain-free (+ mask tuning): mean +- sd over calibration slices")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    panels = {0: [r for r in rows if "+weights" in r["method"] or r.get("source")],
+              1: [r for r in rows if "+weights" not in r["method"] and not r.get("source")]}
+    for k, ax in enumerate(axes):
+        for m in sorted({r["method"] for r in panels[k]}):
+            pts = sorted((r["params_removed"], r["metric"], r["metric_sd"]) for r in panels[k] if r["method"] == m)
+            xs, ys, es = zip(*pts)
+            peer = any(r.get("source") for r in panels[k] if r["method"] == m)
+            ax.errorbar([0] + [100 * x for x in xs], [dense_ppl] + list(ys), yerr=[0] + list(es),
+                        fmt="--*" if peer else "-o", ms=10 if peer else 4, capsize=3, label=m + (" (peer)" if peer else ""))
+        ax.axhline(dense_ppl * 1.25, color="k", ls=":", lw=0.8, label="dense + 25%")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer parameters removed (%)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("WikiText-2 test perplexity, first 8 windows of 512 (log)")
+    axes[0].set_title("recovery re-solves kept weights (+weights); Torch-Pruning Taylor")
+    axes[1].set_title("recovery rescales kept units (mask tuning)")
+    fig.suptitle("SmolLM2-135M, retrain-free: mean +- sd over calibration slices")
     fig.tight_layout()
     write_figure(path, fig)
 
@@ -145,6 +178,8 @@ def main(argv=None):
     p.add_argument("--slices", type=int, default=3)
     p.add_argument("--eval-windows", type=int, default=8, help="first N windows of 512 tokens of the test split")
     p.add_argument("--calib-windows", type=int, default=4, help="windows of 512 train tokens per calibration slice")
+    p.add_argument("--moment-windows", type=int, default=32,
+                   help="windows per slice for the +weights recovery statistics (the slice's scoring windows first)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=HERE / "cache")
     p.add_argument("--results", type=Path, default=HERE / "results")
@@ -153,13 +188,15 @@ def main(argv=None):
     if args.quick:
         args.cache = args.results = args.cache / "quick"
         args.methods = args.methods if args.methods != list(ALL_METHODS) else ["fisher", "random"]
-        args.fractions, args.slices, args.eval_windows, args.calib_windows = [0.2], 1, 1, 1
+        args.fractions, args.slices, args.eval_windows, args.calib_windows, args.moment_windows = [0.2], 1, 1, 1, 2
     args.cache.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
 
     dense, tokenizer = load_smollm2()
     eval_b = as_batches(windows(wikitext2("test"), tokenizer, args.eval_windows), 2)
-    calib_all = windows(wikitext2("train"), tokenizer, args.slices * args.calib_windows)
+    extra = max(args.moment_windows - args.calib_windows, 0)  # more windows for the +weights statistics
+    calib_all = windows(wikitext2("train"), tokenizer, args.slices * (args.calib_windows + extra))
+    extra_all = calib_all[args.slices * args.calib_windows:]
     layer_params = count_parameters(dense, layers_only=True)
     print(f"eval {args.eval_windows} x {WINDOW} test tokens; calibration {args.slices} x {args.calib_windows} x "
           f"{WINDOW} train tokens; layer parameters {layer_params}; threads {torch.get_num_threads()}")
@@ -167,8 +204,6 @@ def main(argv=None):
     runs_path = args.cache / "perplexity_runs.json"
     runs = {}
     if runs_path.exists():
-        import json
-
         runs = json.loads(runs_path.read_text())
     key_dense = f"dense|{args.eval_windows}"
     if key_dense not in runs:
@@ -179,16 +214,21 @@ def main(argv=None):
     print(f"dense perplexity {dense_ppl:.3f} on {args.eval_windows} windows ({runs[key_dense]['seconds']:.0f} s)")
 
     def save():
+        if runs_path.exists():  # keep runs that another process (another method list) saved meanwhile
+            runs.update({k: v for k, v in json.loads(runs_path.read_text()).items() if k not in runs})
         atomic_write_json(runs_path, runs)
         pruned = {k: v for k, v in runs.items() if not k.startswith("dense") and v["eval_windows"] == args.eval_windows}
         rows = aggregate(pruned, dense_ppl, args.eval_windows)
+        rows += [r for r in peer_rows() if r.get("dense_metric") and abs(r["dense_metric"] - dense_ppl) < 0.01]
         atomic_write_json(args.results / "perplexity.json", {"rows": rows, "setup": {
             "eval": f"first {args.eval_windows} non-overlapping windows of {WINDOW} tokens of WikiText-2 test "
                     f"({args.eval_windows * WINDOW} tokens)",
-            "calibration": f"{args.slices} disjoint slices of {args.calib_windows} windows of {WINDOW} tokens of "
-                           "WikiText-2 train (score + mask tuning)",
+            "calibration": "disjoint slices of WikiText-2 train windows of 512 tokens; per run: scoring_windows, "
+                           "statistics_windows (recovery statistics: the scoring windows, then more for +weights)",
             "plan": "plan_from_sparsity(scope='layer' unless +global, gqa='per_group'); budgets (heads, ffn) kept "
-                    f"per layer: { {str(k): v for k, v in BUDGETS.items()} }",
+                    f"per layer: { {str(k): v for k, v in BUDGETS.items()} }; +params: plan_from_flops(seq_len=1) "
+                    "for the parameter budget, heads and FFN of all layers jointly",
+            "recovery": "tune_masks algorithm: scale per kept unit, or re-solved projection weights for +weights",
             "loss": "causal LM, labels = input_ids (label_free=False)",
             "machine": f"{platform.machine()}, {os.cpu_count()} shared CPU cores, torch {torch.__version__}",
             "peers_from_issue": PEER,
@@ -198,28 +238,30 @@ def main(argv=None):
 
     dense_heads, dense_ffn = layer_shapes(dense)[0].heads, layer_shapes(dense)[0].ffn
     for rep in range(args.slices):
-        calib = as_batches(calib_all[rep * args.calib_windows:(rep + 1) * args.calib_windows], 1)
-        moments = None
+        scoring_windows = calib_all[rep * args.calib_windows:(rep + 1) * args.calib_windows]
+        calib = as_batches(scoring_windows, 1)
+        statistics_batches = {"scales": calib,
+                              "weights": calib + as_batches(extra_all[rep * extra:(rep + 1) * extra], 1)}
+        moments = {}
         for name in args.methods:
             method, opts = base_method(name)
             todo = [f for f in args.fractions if f"{name}|{f:.2f}|{rep}|{args.eval_windows}" not in runs]
             if not todo:
                 continue
-            if moments is None:
+            recon = opts["reconstruct"]
+            if recon not in moments:
                 t0 = time.time()
-                moments = calibration_moments(dense, calib)
-                print(f"slice {rep}: dense Gram moments in {time.time() - t0:.0f} s")
+                moments[recon] = calibration_moments(dense, statistics_batches[recon])
+                print(f"slice {rep}: dense Gram moments ({len(statistics_batches[recon])} windows) in "
+                      f"{time.time() - t0:.0f} s")
             t0 = time.time()
             scores = compute_importance(dense, calib, method=method, label_free=opts["label_free"], seed=rep,
                                         progress=False)
             t_score = time.time() - t0
             for f in todo:
-                heads, ffn = BUDGETS[f]
                 model = copy.deepcopy(dense)
-                plan = plan_from_sparsity(scores, head_sparsity=(dense_heads - heads) / dense_heads,
-                                          ffn_sparsity=(dense_ffn - ffn) / dense_ffn, scope=opts["scope"],
-                                          gqa="per_group")
-                tune_with_moments(model, plan, moments)
+                plan = plan_for(scores, model, f, opts, dense_heads, dense_ffn)
+                apply_mask_tuning(model, plan, moments[recon], reconstruct=recon)  # = tune_masks on these windows
                 removed = 1 - count_parameters(model, layers_only=True) / layer_params
                 t1 = time.time()
                 ppl = perplexity(model, eval_b)
@@ -229,6 +271,7 @@ def main(argv=None):
                     "params_removed_actual": removed, "eval_windows": args.eval_windows,
                     "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
                     "seconds_scoring": t_score, "seconds_eval": time.time() - t1,
+                    "scoring_windows": args.calib_windows, "statistics_windows": len(statistics_batches[recon]),
                 }
                 print(f"{name:>12} -{f:.0%} params (actual {removed:.3f}) slice {rep}: ppl {ppl:.2f} "
                       f"(dense {dense_ppl:.2f}, x{ppl / dense_ppl:.2f})", flush=True)
