@@ -213,21 +213,16 @@ def _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_mo
     solved = []  # (layer, projection path, weight (out, K), bias or None)
     for i, layer in enumerate(layers):
         shape = layer_shape(layer, layout)
-        removed_heads = set(plan.heads.get(i, []))
-        removed_neurons = set(plan.neurons.get(i, []))
-        has_bias = {path: getattr(get_submodule(layer, path), "bias", None) is not None for path in (layout.o, layout.down)}
-        if removed_heads and (has_bias[layout.o] or len(removed_heads) < shape.heads):
-            keep = [h for h in range(shape.heads) if h not in removed_heads]
-            columns = [h * shape.head_dim + j for h in keep for j in range(shape.head_dim)]
-            proj = get_submodule(layer, layout.o)
-            solved.append((i, layout.o, *reconstruct_weights(o_moments[i], proj.weight, getattr(proj, "bias", None),
-                                                             columns, layout.conv1d, ridge)))
-        if removed_neurons and (has_bias[layout.down] or len(removed_neurons) < shape.ffn):
-            keep = [n for n in range(shape.ffn) if n not in removed_neurons]
-            proj = get_submodule(layer, layout.down)
-            solved.append((i, layout.down, *reconstruct_weights(down_moments[i], proj.weight,
-                                                                getattr(proj, "bias", None), keep, layout.conv1d,
-                                                                ridge)))
+        removed_heads, removed_neurons = set(plan.heads.get(i, [])), set(plan.neurons.get(i, []))
+        kept_columns = [h * shape.head_dim + j for h in range(shape.heads) if h not in removed_heads
+                        for j in range(shape.head_dim)]  # o_proj inputs of the kept heads
+        kept_neurons = [n for n in range(shape.ffn) if n not in removed_neurons]
+        for path, moment, removed, keep in ((layout.o, o_moments[i], removed_heads, kept_columns),
+                                            (layout.down, down_moments[i], removed_neurons, kept_neurons)):
+            proj = get_submodule(layer, path)
+            bias = getattr(proj, "bias", None)
+            if removed and (keep or bias is not None):  # an emptied block without bias has nothing to fit
+                solved.append((i, path, *reconstruct_weights(moment, proj.weight, bias, keep, layout.conv1d, ridge)))
     plan.apply(model)
     for i, path, weight, bias in solved:
         _write_projection(get_submodule(layers[i], path), weight, bias, layout.conv1d)
