@@ -9,6 +9,7 @@ torch.inference_mode. Nothing here imports hf_prune (it is not installed in thes
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -355,6 +356,62 @@ def summarize(method, mode, runs, dense_acc, extra):
         row["recovery"] = ("100 AdamW steps (lr 1e-4 constant, weight decay 0.01, batch 32, dropout on) on the "
                            "shuffled training split, seed 0, after pruning")
     return row
+
+
+def prune_over_slices(tool, method, dense, train, val_b, prune, details, recovery):
+    """Prune a fresh copy on each calibration slice, evaluate it (and, with `recovery`, after 100 steps).
+
+    prune(calib_batches, k) -> (model, seconds to prune, handle); details(model, handle) -> extra fields kept
+    with each run. Finished runs are cached per tool, so an interrupted script resumes. Returns the dense
+    accuracy, the modes, the runs per mode and (model, handle) of slice 0 (for latency and reload checks).
+    """
+    cache = RunCache(tool)
+    dense_acc = cache.get("dense") or accuracy(dense, val_b)
+    cache.put("dense", dense_acc)
+    log(f"dense accuracy {dense_acc:.4f}")
+    dense_flops = count_flops(dense)
+    modes = ["retrain-free"] + (["recovery-100-steps"] if recovery else [])
+    runs = {m: [] for m in modes}
+    kept = None
+    for k in range(SLICES):
+        need = [m for m in modes if cache.get(f"{m}|{k}") is None]
+        if need or kept is None:
+            model, secs, handle = prune(calib_batches(train, k), k)
+            common = {"seconds_to_prune": secs, "flops_reduction": 1 - count_flops(model) / dense_flops,
+                      **details(model, handle)}
+            kept = (model, handle) if k == 0 else kept
+            if "retrain-free" in need:
+                cache.put(f"retrain-free|{k}", {"accuracy": accuracy(model, val_b), **common})
+            if "recovery-100-steps" in need:
+                t0 = time.time()
+                rec = recover(copy.deepcopy(model), train)
+                cache.put(f"recovery-100-steps|{k}", {"accuracy": accuracy(rec, val_b),
+                                                      "seconds_training": time.time() - t0, **common})
+        for m in modes:
+            r = cache.get(f"{m}|{k}")
+            runs[m].append(r)
+            log(f"{method} {m} slice {k}: acc {r['accuracy']:.4f} prune {r['seconds_to_prune']:.1f}s "
+                f"FLOPs -{r['flops_reduction']:.3f}" + (f" shapes {r['shapes'][0]}" if "shapes" in r else ""))
+    return dense_acc, modes, runs, kept
+
+
+def latency_fields(lat, note):
+    """The row fields of a `latency_ratios` result."""
+    return {"latency_ratio_b8": lat["b8"]["ratio"], "latency_ratio_b1": lat["b1"]["ratio"],
+            "latency_ideal_ratio_seq128": lat["ideal_ratio_seq128"], "latency_ms": {k: lat[k] for k in ("b8", "b1")},
+            "latency_note": note}
+
+
+def finish(method, modes, runs, dense_acc, extra, train, val_b):
+    """Summarise the runs into rows (recovery rows with the dense model's score after the same recipe), merge
+    them into results.json and print them."""
+    rows = [summarize(method, m, runs[m], dense_acc, extra) for m in modes]
+    for r in rows:
+        if r["mode"].startswith("recovery"):
+            r["dense_metric_after_same_recovery"] = recovery_control(train, val_b)
+    write_rows(rows)
+    for r in rows:
+        log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_sd']:.4f}")
 
 
 def write_rows(rows):

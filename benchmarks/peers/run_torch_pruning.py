@@ -96,60 +96,24 @@ def main():
     train, val = C.load_data()
     val_b = C.eval_batches(val)
     dense = C.load_dense(attn_implementation="eager")
-    cache = C.RunCache("torch-pruning")
-    dense_acc = cache.get("dense") or C.accuracy(dense, val_b)
-    cache.put("dense", dense_acc)
-    C.log(f"dense accuracy {dense_acc:.4f} (eager attention)")
-    dense_flops = C.count_flops(dense)
-    modes = ["retrain-free"] + (["recovery-100-steps"] if args.recovery else [])
-    runs = {m: [] for m in modes}
-    kept = None
-    for k in range(C.SLICES):
-        need = [m for m in modes if cache.get(f"{m}|{k}") is None]
-        if need or kept is None:
-            model, secs = prune(dense, C.calib_batches(train, k))
-            shapes = C.bert_shapes(model)
-            flops_red = 1 - C.count_flops(model) / dense_flops
-            if k == 0:
-                kept = model
-            if "retrain-free" in need:
-                cache.put(f"retrain-free|{k}", {"accuracy": C.accuracy(model, val_b), "seconds_to_prune": secs,
-                                                "flops_reduction": flops_red, "shapes": shapes})
-            if "recovery-100-steps" in need:
-                t0 = time.time()
-                rec = C.recover(copy.deepcopy(model), train)
-                cache.put(f"recovery-100-steps|{k}", {"accuracy": C.accuracy(rec, val_b), "seconds_to_prune": secs,
-                                                      "seconds_training": time.time() - t0,
-                                                      "flops_reduction": flops_red, "shapes": shapes})
-        for m in modes:
-            r = cache.get(f"{m}|{k}")
-            runs[m].append(r)
-            C.log(f"{METHOD} {m} slice {k}: acc {r['accuracy']:.4f} prune {r['seconds_to_prune']:.1f}s "
-                  f"FLOPs -{r['flops_reduction']:.3f} shapes {r['shapes'][0]}")
+    dense_acc, modes, runs, (pruned, _) = C.prune_over_slices(
+        "torch-pruning", METHOD, dense, train, val_b, lambda calib, k: (*prune(dense, calib), None),
+        lambda model, _: {"shapes": C.bert_shapes(model)}, args.recovery)
 
-    pruned = kept
     lat = C.latency_ratios(dense, pruned)
     C.log(f"latency {lat}")
     ok4, ok5, notes = reloads(pruned, val)
     C.log(f"reload v4 {ok4}, v5 {ok5}: {notes}")
     extra = {
-        "latency_ratio_b8": lat["b8"]["ratio"], "latency_ratio_b1": lat["b1"]["ratio"],
-        "latency_ideal_ratio_seq128": lat["ideal_ratio_seq128"], "latency_ms": {k: lat[k] for k in ("b8", "b1")},
-        "latency_note": "pruned vs dense, both eager attention (required by Torch-Pruning), median of 30 "
-                        "alternating runs, seq 128, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+        **C.latency_fields(lat, "pruned vs dense, both eager attention (required by Torch-Pruning), median of 30 "
+                                "alternating runs, seq 128, 2 threads, OMP_WAIT_POLICY=PASSIVE"),
         "reload_v4_from_pretrained": ok4, "reload_v5_from_pretrained": ok5, "reload_notes": notes,
         "budget": "50% of heads (6 of 12) and 50% of FFN neurons (768 of 1536) in every layer",
         "importance": "tp.importance.TaylorImportance (group mean of |w * dL/dw|), gradients summed over the "
                       "calibration batches, local (per-layer) pruning",
         "versions": C.versions("torch-pruning"),
     }
-    rows = [C.summarize(METHOD, m, runs[m], dense_acc, extra) for m in modes]
-    for r in rows:
-        if r["mode"].startswith("recovery"):
-            r["dense_metric_after_same_recovery"] = C.recovery_control(train, val_b)
-    C.write_rows(rows)
-    for r in rows:
-        C.log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_sd']:.4f}")
+    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b)
 
 
 if __name__ == "__main__":

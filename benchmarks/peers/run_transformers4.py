@@ -58,37 +58,10 @@ def main():
     train, val = C.load_data()
     val_b = C.eval_batches(val)
     dense = C.load_dense(attn_implementation="eager")  # head_mask needs eager attention (sdpa falls back)
-    cache = C.RunCache("transformers4")
-    dense_acc = cache.get("dense") or C.accuracy(dense, val_b)
-    cache.put("dense", dense_acc)
-    C.log(f"dense accuracy {dense_acc:.4f}")
-    dense_flops = C.count_flops(dense)
-    modes = ["retrain-free"] + (["recovery-100-steps"] if args.recovery else [])
-    runs = {m: [] for m in modes}
-    kept = None
-    for k in range(C.SLICES):
-        need = [m for m in modes if cache.get(f"{m}|{k}") is None]
-        if need or kept is None:
-            model, secs, to_prune = prune(dense, C.calib_batches(train, k))
-            flops_red = 1 - C.count_flops(model) / dense_flops
-            if k == 0:
-                kept = model
-            if "retrain-free" in need:
-                acc = C.accuracy(model, val_b)
-                cache.put(f"retrain-free|{k}", {"accuracy": acc, "seconds_to_prune": secs,
-                                                "flops_reduction": flops_red, "pruned_heads": to_prune})
-            if "recovery-100-steps" in need:
-                t0 = time.time()
-                rec = C.recover(copy.deepcopy(model), train)
-                cache.put(f"recovery-100-steps|{k}", {"accuracy": C.accuracy(rec, val_b), "seconds_to_prune": secs,
-                                                      "seconds_training": time.time() - t0,
-                                                      "flops_reduction": flops_red})
-        for m in modes:
-            runs[m].append(cache.get(f"{m}|{k}"))
-            C.log(f"{METHOD} {m} slice {k}: acc {runs[m][-1]['accuracy']:.4f} "
-                  f"prune {runs[m][-1]['seconds_to_prune']:.1f}s FLOPs -{runs[m][-1]['flops_reduction']:.3f}")
+    dense_acc, modes, runs, (pruned, _) = C.prune_over_slices(
+        "transformers4", METHOD, dense, train, val_b, lambda calib, k: prune(dense, calib),
+        lambda model, to_prune: {"pruned_heads": to_prune}, args.recovery)
 
-    pruned = kept
     # latency: same attention implementation (eager, where prune_heads and head_mask are supported) for both
     lat = C.latency_ratios(dense, pruned)
     C.log(f"latency {lat}")
@@ -104,23 +77,15 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     C.log(f"reload v4 {ok4}: {note4}\nreload v5 {ok5}: {note5}")
     extra = {
-        "latency_ratio_b8": lat["b8"]["ratio"], "latency_ratio_b1": lat["b1"]["ratio"],
-        "latency_ideal_ratio_seq128": lat["ideal_ratio_seq128"], "latency_ms": {k: lat[k] for k in ("b8", "b1")},
-        "latency_note": "heads-only 50% pruned (FFN untouched) vs dense, both eager attention, "
-                        "median of 30 alternating runs, seq 128, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+        **C.latency_fields(lat, "heads-only 50% pruned (FFN untouched) vs dense, both eager attention, "
+                                "median of 30 alternating runs, seq 128, 2 threads, OMP_WAIT_POLICY=PASSIVE"),
         "reload_v4_from_pretrained": ok4, "reload_v5_from_pretrained": ok5,
         "reload_notes": f"saved with save_pretrained (config.pruned_heads). {note4}. {note5}",
         "budget": "50% of heads per layer (6 of 12); FFN untouched (transformers 4.x cannot prune FFN neurons)",
         "importance": "|d loss / d head_mask| summed over the calibration batches (Michel et al. 2019)",
         "versions": C.versions(),
     }
-    rows = [C.summarize(METHOD, m, runs[m], dense_acc, extra) for m in modes]
-    for r in rows:
-        if r["mode"].startswith("recovery"):
-            r["dense_metric_after_same_recovery"] = C.recovery_control(train, val_b)
-    C.write_rows(rows)
-    for r in rows:
-        C.log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_sd']:.4f}")
+    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b)
 
 
 if __name__ == "__main__":
