@@ -9,7 +9,8 @@ Modes.
 - ``retrain-free``: score on a calibration slice of the training split (3 disjoint slices), plan the FLOPs
   budget, prune + least-squares mask tuning (`hf_prune.tune_masks`) on the same slice, no training.
   Variants ``+weights`` recover with `tune_masks(..., reconstruct="weights")` (kept projection weights and
-  bias re-solved) instead of one scale per kept unit; ``+calN`` use N calibration sentences per slice.
+  bias re-solved) instead of one scale per kept unit; ``+reselect`` (with +weights) re-chooses each layer's
+  units by reconstruction error (`reselect_units`); ``+calN`` use N calibration sentences per slice.
   Gradient methods (gradient, fisher, taylor) put heads and neurons on one loss scale and use the joint
   search `plan_from_flops`; l2, activation and random cannot compare heads with neurons, so they remove the
   same fraction of heads and FFN neurons from every layer (`plan_from_sparsity(scope="layer")`), which
@@ -50,10 +51,13 @@ sys.path.insert(0, str(HERE.parent))
 from hf_prune import (  # noqa: E402
     DistillationTrainer,
     HeadPruningCallback,
+    apply_mask_tuning,
+    calibration_moments,
     compute_importance,
     count_flops,
     plan_from_flops,
     plan_from_sparsity,
+    reselect_units,
     tune_masks,
 )
 from hf_prune.assets import minilm_dir, movie_reviews  # noqa: E402
@@ -182,10 +186,14 @@ def base_method(name: str) -> tuple[str, dict]:
             opts["scope"] = "global"
         elif tag == "weights":  # recovery re-solves the kept projection weights instead of unit scales
             opts["reconstruct"] = "weights"
+        elif tag == "reselect":  # each layer's units re-chosen by reconstruction error (reselect_units)
+            opts["reselect"] = True
         elif tag.endswith("epoch"):  # fine-tuned variants that differ only in schedule (steps come from --ft-steps)
             opts["schedule_tag"] = tag
         else:
             raise ValueError(f"unknown variant tag {tag!r} in {name!r}")
+    if opts.get("reselect") and opts.get("reconstruct") != "weights":
+        raise ValueError(f"{name!r}: +reselect chooses units for weight reconstruction; add +weights")
     return method, opts
 
 
@@ -214,7 +222,12 @@ def retrain_free(args, dense, train, val_b, runs, save):
                 model = copy.deepcopy(dense)
                 plan = plan_for(method, scores, model, r, opts)
                 t1 = time.time()
-                tune_masks(model, plan, calib, reconstruct=opts.get("reconstruct", "scales"))
+                if opts.get("reselect"):  # = tune_masks(..., "weights") on the re-chosen plan
+                    moments = calibration_moments(dense, calib)
+                    plan = reselect_units(dense, plan, moments)
+                    apply_mask_tuning(model, plan, moments, reconstruct="weights")
+                else:
+                    tune_masks(model, plan, calib, reconstruct=opts.get("reconstruct", "scales"))
                 t_tune = time.time() - t1
                 acc = accuracy(model, val_b)
                 flops = count_flops(model, seq_len=SEQ_LEN)

@@ -52,6 +52,7 @@ from hf_prune.assets import load_smollm2, wikitext2  # noqa: E402
 from hf_prune.atomic import atomic_write_json  # noqa: E402
 from hf_prune.mask_tuning import apply_mask_tuning, calibration_moments  # noqa: E402
 from hf_prune.report import write_figure  # noqa: E402
+from hf_prune.reselect import reconstruction_scores, reselect_units  # noqa: E402
 from hf_prune.shapes import layer_shapes  # noqa: E402
 
 ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
@@ -93,13 +94,17 @@ def perplexity(model, eval_b) -> float:
 
 def base_method(name):
     """'fisher' or a variant: +global (rank across layers), +params (joint heads/FFN search for the parameter
-    budget), +weights (recovery re-solves the kept projection weights), +labelfree."""
+    budget), +weights (recovery re-solves the kept projection weights), +reselect (the plan's units re-chosen by
+    reconstruction error, `reselect_units`), +obs (plan on `reconstruction_scores`), +labelfree."""
     method, *tags = name.split("+")
-    unknown = set(tags) - {"global", "params", "weights", "labelfree"}
+    unknown = set(tags) - {"global", "params", "weights", "labelfree", "reselect", "obs"}
     if unknown:
         raise ValueError(f"unknown variant tags {sorted(unknown)} in {name!r}")
+    if ({"reselect", "obs"} & set(tags)) and "weights" not in tags:
+        raise ValueError(f"{name!r}: +reselect and +obs choose units for weight reconstruction; add +weights")
     return method, {"scope": "global" if "global" in tags else "layer", "label_free": "labelfree" in tags,
-                    "params": "params" in tags, "reconstruct": "weights" if "weights" in tags else "scales"}
+                    "params": "params" in tags, "reconstruct": "weights" if "weights" in tags else "scales",
+                    "reselect": "reselect" in tags, "obs": "obs" in tags}
 
 
 def plan_for(scores, model, fraction, opts, dense_heads, dense_ffn):
@@ -113,10 +118,21 @@ def plan_for(scores, model, fraction, opts, dense_heads, dense_ffn):
                               ffn_sparsity=(dense_ffn - ffn) / dense_ffn, scope=opts["scope"], gqa="per_group")
 
 
+def label(method: str, statistics_windows: int) -> str:
+    """The method's name, with the number of +weights statistics windows when it is not the default 32."""
+    return method if "+weights" not in method or statistics_windows == 32 else f"{method} ({statistics_windows} windows)"
+
+
+def run_key(name: str, fraction: float, rep: int, eval_windows: int, statistics_windows: int) -> str:
+    """Cache key of one run; +weights runs with other than 32 statistics windows say how many."""
+    base = f"{name}|{fraction:.2f}|{rep}|{eval_windows}"
+    return base if "+weights" not in name or statistics_windows == 32 else f"{base}|{statistics_windows}w"
+
+
 def aggregate(runs, dense_ppl, n_eval):
     groups = {}
     for r in runs.values():
-        groups.setdefault((r["method"], r["params_removed"]), []).append(r)
+        groups.setdefault((label(r["method"], r.get("statistics_windows", 0)), r["params_removed"]), []).append(r)
     rows = []
     for (method, frac), g in sorted(groups.items()):
         ppl = [x["perplexity"] for x in sorted(g, key=lambda x: x["rep"])]
@@ -126,7 +142,8 @@ def aggregate(runs, dense_ppl, n_eval):
             "method": method, "mode": "retrain-free", "params_removed": frac,
             "params_removed_actual": statistics.mean(x["params_removed_actual"] for x in g),
             "metric_name": "perplexity", "metric": mean, "metric_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
-            "runs": len(ppl), "metric_runs": ppl, "dense_metric": dense_ppl, "rise": mean / dense_ppl - 1,
+            "runs": len(ppl), "metric_runs": ppl, "statistics_windows": g[0].get("statistics_windows"),
+            "dense_metric": dense_ppl, "rise": mean / dense_ppl - 1,
             "eval_tokens": n_eval * WINDOW, "heads_per_layer": g[0]["heads"][0], "ffn_per_layer": g[0]["ffn"][0],
             "heads_all_layers": g[0]["heads"], "ffn_all_layers": g[0]["ffn"],  # slice 0's widths, layer by layer
         })
@@ -140,7 +157,7 @@ def peer_rows(path: Path = HERE / "peers" / "results_perplexity.json") -> list[d
     return [dict(row, source="benchmarks/peers") for row in json.loads(path.read_text())["rows"]]
 
 
-def plot(rows, dense_ppl, path):
+def plot(rows, dense_ppl, path, eval_windows=8):
     """Two panels: recovery by re-solved weights (+weights) with the peers; recovery by unit scales."""
     import matplotlib
 
@@ -162,7 +179,7 @@ def plot(rows, dense_ppl, path):
         ax.set_xlabel("layer parameters removed (%)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("WikiText-2 test perplexity, first 8 windows of 512 (log)")
+    axes[0].set_ylabel(f"WikiText-2 test perplexity, first {eval_windows} windows of 512 (log)")
     axes[0].set_title("recovery re-solves kept weights (+weights); Torch-Pruning Taylor")
     axes[1].set_title("recovery rescales kept units (mask tuning)")
     fig.suptitle("SmolLM2-135M, retrain-free: mean +- sd over calibration slices")
@@ -176,7 +193,9 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), help="methods, or variants like fisher+global")
     p.add_argument("--fractions", nargs="+", type=float, default=sorted(BUDGETS))
     p.add_argument("--slices", type=int, default=3)
-    p.add_argument("--eval-windows", type=int, default=8, help="first N windows of 512 tokens of the test split")
+    p.add_argument("--eval-windows", type=int, default=8,
+                   help="first N windows of 512 tokens of the test split (0: all of it; other than 8 writes "
+                        "perplexity_<N>_windows.json/png beside the main table)")
     p.add_argument("--calib-windows", type=int, default=4, help="windows of 512 train tokens per calibration slice")
     p.add_argument("--moment-windows", type=int, default=32,
                    help="windows per slice for the +weights recovery statistics (the slice's scoring windows first)")
@@ -193,7 +212,11 @@ def main(argv=None):
     args.results.mkdir(parents=True, exist_ok=True)
 
     dense, tokenizer = load_smollm2()
-    eval_b = as_batches(windows(wikitext2("test"), tokenizer, args.eval_windows), 2)
+    test_text = wikitext2("test")
+    if args.eval_windows == 0:  # the whole test split, in full windows
+        args.eval_windows = len(tokenizer(test_text).input_ids) // WINDOW
+    eval_b = as_batches(windows(test_text, tokenizer, args.eval_windows), 2)
+    stem = "perplexity" if args.eval_windows == 8 else f"perplexity_{args.eval_windows}_windows"  # 8: the main table
     extra = max(args.moment_windows - args.calib_windows, 0)  # more windows for the +weights statistics
     calib_all = windows(wikitext2("train"), tokenizer, args.slices * (args.calib_windows + extra))
     extra_all = calib_all[args.slices * args.calib_windows:]
@@ -220,7 +243,7 @@ def main(argv=None):
         pruned = {k: v for k, v in runs.items() if not k.startswith("dense") and v["eval_windows"] == args.eval_windows}
         rows = aggregate(pruned, dense_ppl, args.eval_windows)
         rows += [r for r in peer_rows() if r.get("dense_metric") and abs(r["dense_metric"] - dense_ppl) < 0.01]
-        atomic_write_json(args.results / "perplexity.json", {"rows": rows, "setup": {
+        atomic_write_json(args.results / f"{stem}.json", {"rows": rows, "setup": {
             "eval": f"first {args.eval_windows} non-overlapping windows of {WINDOW} tokens of WikiText-2 test "
                     f"({args.eval_windows * WINDOW} tokens)",
             "calibration": "disjoint slices of WikiText-2 train windows of 512 tokens; per run: scoring_windows, "
@@ -234,7 +257,7 @@ def main(argv=None):
             "peers_from_issue": PEER,
         }})
         if rows:
-            plot(rows, dense_ppl, args.results / "perplexity.png")
+            plot(rows, dense_ppl, args.results / f"{stem}.png", args.eval_windows)
 
     dense_heads, dense_ffn = layer_shapes(dense)[0].heads, layer_shapes(dense)[0].ffn
     for rep in range(args.slices):
@@ -242,10 +265,12 @@ def main(argv=None):
         calib = as_batches(scoring_windows, 1)
         statistics_batches = {"scales": calib,
                               "weights": calib + as_batches(extra_all[rep * extra:(rep + 1) * extra], 1)}
-        moments = {}
+        moments, base_scores = {}, {}
         for name in args.methods:
             method, opts = base_method(name)
-            todo = [f for f in args.fractions if f"{name}|{f:.2f}|{rep}|{args.eval_windows}" not in runs]
+            key = {f: run_key(name, f, rep, args.eval_windows, len(statistics_batches[opts["reconstruct"]]))
+                   for f in args.fractions}
+            todo = [f for f in args.fractions if key[f] not in runs]
             if not todo:
                 continue
             recon = opts["reconstruct"]
@@ -255,28 +280,37 @@ def main(argv=None):
                 print(f"slice {rep}: dense Gram moments ({len(statistics_batches[recon])} windows) in "
                       f"{time.time() - t0:.0f} s")
             t0 = time.time()
-            scores = compute_importance(dense, calib, method=method, label_free=opts["label_free"], seed=rep,
-                                        progress=False)
-            t_score = time.time() - t0
+            if (method, opts["label_free"]) not in base_scores:  # the same scores serve every variant of a method
+                base_scores[method, opts["label_free"]] = (
+                    compute_importance(dense, calib, method=method, label_free=opts["label_free"], seed=rep,
+                                       progress=False), time.time() - t0)
+            scores, t_score = base_scores[method, opts["label_free"]]
+            t0 = time.time()
+            if opts["obs"]:
+                scores = reconstruction_scores(dense, scores, moments[recon])
+            t_select = time.time() - t0
             for f in todo:
                 model = copy.deepcopy(dense)
                 plan = plan_for(scores, model, f, opts, dense_heads, dense_ffn)
+                t0 = time.time()
+                if opts["reselect"]:
+                    plan = reselect_units(dense, plan, moments[recon])
+                t_chosen = t_select + time.time() - t0
                 apply_mask_tuning(model, plan, moments[recon], reconstruct=recon)  # = tune_masks on these windows
                 removed = 1 - count_parameters(model, layers_only=True) / layer_params
                 t1 = time.time()
                 ppl = perplexity(model, eval_b)
                 shapes = layer_shapes(model)
-                runs[f"{name}|{f:.2f}|{rep}|{args.eval_windows}"] = {
+                runs[key[f]] = {
                     "method": name, "params_removed": f, "rep": rep, "perplexity": ppl,
                     "params_removed_actual": removed, "eval_windows": args.eval_windows,
                     "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
-                    "seconds_scoring": t_score, "seconds_eval": time.time() - t1,
+                    "seconds_scoring": t_score, "seconds_eval": time.time() - t1, "seconds_selection": t_chosen,
                     "scoring_windows": args.calib_windows, "statistics_windows": len(statistics_batches[recon]),
                 }
                 print(f"{name:>12} -{f:.0%} params (actual {removed:.3f}) slice {rep}: ppl {ppl:.2f} "
                       f"(dense {dense_ppl:.2f}, x{ppl / dense_ppl:.2f})", flush=True)
                 save()
-            del scores
     save()
 
 

@@ -14,6 +14,7 @@ from .lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weigh
 from .mask_tuning import apply_mask_tuning, calibration_moments, tune_masks
 from .plan import PruningPlan, plan_from_flops, plan_from_sparsity
 from .quantize import quantize_dynamic_int8
+from .reselect import reconstruction_scores, reselect_units
 from .saving import save_pruned
 from .shapes import LayerShape, layer_shapes
 from .surgery import prune_model
@@ -55,6 +56,8 @@ __all__ = [
     "plan_from_sparsity",
     "prune_model",
     "read_config_entry",
+    "reconstruction_scores",
+    "reselect_units",
     "resize_to_checkpoint",
     "save_pruned",
     "supported_model_types",

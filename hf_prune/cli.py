@@ -65,6 +65,10 @@ class PruningArguments:
     reconstruct: str = field(default="weights", metadata={
         "choices": ["weights", "scales"],
         "help": "what --mask_tuning re-solves: the kept projection weights and bias, or one scale per kept unit"})
+    reselect: bool = field(default=True, metadata={
+        "help": "with --retrain_free weight recovery: keep the plan's per-layer counts but re-choose each layer's "
+                "heads / neurons as those the rest can best rebuild (greedy OBS, hf_prune.reselect_units); "
+                "--no_reselect keeps the scores' choice"})
     calibration_samples: int = field(default=256, metadata={"help": "training examples used for scoring"})
     label_free: bool = field(default=False, metadata={"help": "score with the model's own predictions as targets"})
     distill: bool = field(default=False, metadata={"help": "distil from the dense model while fine-tuning"})
@@ -237,10 +241,11 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
     from .glue_data import load_task_data, tokenize
     from .importance import compute_importance
     from .latency import measure_latency
-    from .mask_tuning import tune_masks
+    from .mask_tuning import apply_mask_tuning, calibration_moments, tune_masks
     from .metrics import TASK_METRICS
     from .plan import plan_from_flops, plan_from_sparsity
     from .report import summary_table, write_heatmap, write_model_card, write_report
+    from .reselect import reselect_units
     from .unstructured import prune_unstructured, sparsity_report
 
     timings, clock = {}, time.perf_counter()
@@ -272,6 +277,7 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
     clock = time.perf_counter()
     common = {"min_heads": prune_args.min_heads_per_layer, "head_multiple": prune_args.head_multiple,
               "neuron_multiple": prune_args.neuron_multiple}
+    reselected = False  # whether reselect_units ran (retrain-free weight recovery only)
     if prune_args.retrain_free:
         mode = "retrain-free"
         calibration = torch.utils.data.DataLoader(
@@ -285,7 +291,12 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
         else:
             plan = plan_from_sparsity(scores, prune_args.head_sparsity, prune_args.ffn_sparsity,
                                       scope=prune_args.pruning_scope, **common)
-        if prune_args.mask_tuning:
+        reselected = prune_args.mask_tuning and prune_args.reconstruct == "weights" and prune_args.reselect
+        if reselected:  # = tune_masks(..., "weights") on the re-chosen plan
+            moments = calibration_moments(model, calibration)
+            plan = reselect_units(model, plan, moments)
+            apply_mask_tuning(model, plan, moments, reconstruct="weights")
+        elif prune_args.mask_tuning:
             tune_masks(model, plan, calibration, reconstruct=prune_args.reconstruct)
         else:
             plan.apply(model)
@@ -341,7 +352,8 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
         "pruning": {"mode": mode, "importance": prune_args.importance, "head_sparsity": prune_args.head_sparsity,
                     "ffn_sparsity": prune_args.ffn_sparsity, "flops_reduction": prune_args.flops_reduction,
                     "schedule": schedule, "distill": prune_args.distill,
-                    "recovery": prune_args.reconstruct if mode == "retrain-free" and prune_args.mask_tuning else None},
+                    "recovery": prune_args.reconstruct if mode == "retrain-free" and prune_args.mask_tuning else None,
+                    "reselected": reselected},
         "before": before,
         "after": after,
         "latency": {"batch_size": prune_args.latency_batch_size, "seq_len": data_args.max_seq_length,

@@ -104,10 +104,20 @@ def test_retrain_free_with_flops_budget_and_pruned_input(tiny_model_dir, data, t
     report = json.loads((out / "pruning_report.json").read_text())
     assert report["after"]["flops"] <= 0.6 * report["before"]["flops"]
     assert report["pruning"]["mode"] == "retrain-free" and report["pruning"]["recovery"] == "weights"
+    assert report["pruning"]["reselected"] is True  # the default with weight recovery
+    kept = tmp_path / "kept"  # the scores' own choice: the same budget, so the same per-layer widths
+    assert main(base_args(tiny_model_dir, *data["single"], kept) + ["--retrain_free", "--flops_reduction", "0.4",
+                                                                   "--importance", "taylor", "--no_reselect"]) == 0
+    plain = json.loads((kept / "pruning_report.json").read_text())
+    assert plain["pruning"]["reselected"] is False
+    assert plain["after"]["flops"] == report["after"]["flops"]
+    assert plain["after"]["structure"]["heads_per_layer"] == report["after"]["structure"]["heads_per_layer"]
+    assert plain["after"]["structure"]["kept_heads"] != report["after"]["structure"]["kept_heads"]  # other heads
     again = tmp_path / "again"  # an already pruned checkpoint is a valid input (loaded through load_pruned)
     args = base_args(out, *data["single"], again) + ["--retrain_free", "--head_sparsity", "0.2", "--importance", "l2",
                                                      "--reconstruct", "scales"]
     assert main(args) == 0
+    assert json.loads((again / "pruning_report.json").read_text())["pruning"]["reselected"] is False  # scales only
     assert sum(json.loads((again / "pruning_report.json").read_text())["after"]["structure"]["heads_per_layer"]) < \
         sum(report["after"]["structure"]["heads_per_layer"])
 

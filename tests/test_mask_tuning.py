@@ -36,10 +36,13 @@ def duplicate_head(model, layer: int, src: int, dst: int) -> None:
 
 
 def duplicate_neuron(model, layer: int, src: int, dst: int) -> None:
-    """Make neuron `dst` a copy of neuron `src` (up rows, down columns)."""
+    """Make neuron `dst` a copy of neuron `src` (up rows, gate rows with SwiGLU, down columns)."""
     layout = get_layout(model)
     target = get_layers(model)[layer]
     with torch.no_grad():
+        if layout.gate is not None:
+            gate = get_submodule(target, layout.gate).weight  # (ffn, hidden)
+            gate[dst] = gate[src]
         up = get_submodule(target, layout.up)
         w = rows(up.weight, layout.conv1d)  # (ffn, hidden)
         w[dst] = w[src]
@@ -76,12 +79,7 @@ def test_duplicated_head_is_recovered_exactly():
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_duplicated_neuron_is_recovered_exactly(model_type):
     model = make_model(model_type)
-    layout = get_layout(model)
     duplicate_neuron(model, layer=0, src=3, dst=7)
-    if layout.gate is not None:  # SwiGLU: the gate row too
-        with torch.no_grad():
-            gate = get_submodule(get_layers(model)[0], layout.gate).weight
-            gate[7] = gate[3]
     data = calibration()
     dense = logits(model, data)
     scales = tune_masks(model, PruningPlan(neurons={0: [7]}), data)
@@ -137,12 +135,7 @@ def test_moments_computed_once_give_the_same_result_as_tune_masks():
 @pytest.mark.parametrize("model_type", ["gpt2", "llama", "bert"])
 def test_weight_reconstruction_recovers_a_duplicated_neuron_exactly(model_type):
     model = make_model(model_type)
-    layout = get_layout(model)
     duplicate_neuron(model, layer=0, src=3, dst=7)
-    if layout.gate is not None:
-        with torch.no_grad():
-            gate = get_submodule(get_layers(model)[0], layout.gate).weight
-            gate[7] = gate[3]
     data = calibration()
     dense = logits(model, data)
     solved = tune_masks(model, PruningPlan(neurons={0: [7]}), data, reconstruct="weights", ridge=1e-12)

@@ -41,3 +41,52 @@ def test_smollm2_gqa_prunes_and_reloads(tmp_path):
         torch.testing.assert_close(loaded(**prompt).logits, model(**prompt).logits, atol=0, rtol=0)
     kwargs = dict(max_new_tokens=8, do_sample=False)
     assert torch.equal(loaded.generate(**prompt, **kwargs), model.generate(**prompt, **kwargs))
+
+
+def _held_out_error(moments, dense, pruned, layout):
+    """Summed squared error of every pruned down projection against the dense one, on the held-out inputs."""
+    from hf_prune.layouts import get_layers, get_submodule
+
+    total = 0.0
+    for moment, d_layer, p_layer in zip(moments[1], get_layers(dense), get_layers(pruned)):
+        d, p = get_submodule(d_layer, layout.down), get_submodule(p_layer, layout.down)
+        keep = p.kept  # (K,) columns of the dense projection that the pruned one reads
+        delta = torch.cat([d.weight.detach().double(), d.bias.detach().double()[:, None]], 1)  # (out, F + 1)
+        delta[:, keep] -= p.weight.detach().double()
+        delta[:, -1] -= p.bias.detach().double()
+        total += torch.trace(delta @ moment @ delta.t()).item()
+    return total
+
+
+def test_minilm_reselected_units_reconstruct_held_out_sentences_better():
+    import copy
+
+    from hf_prune import (
+        apply_mask_tuning,
+        calibration_moments,
+        compute_importance,
+        get_layout,
+        plan_from_sparsity,
+        reselect_units,
+    )
+    from hf_prune.layouts import get_layers, get_submodule
+
+    dense = AutoModelForSequenceClassification.from_pretrained(assets.minilm_dir(), num_labels=2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())
+    sentences = assets.movie_reviews(seed=0)[0]["sentence"]
+    batches = [tokenizer(sentences[k:k + 16], padding=True, truncation=True, max_length=64, return_tensors="pt")
+               for k in range(0, 256, 16)]
+    calibration, held_out = [dict(b) for b in batches[:12]], [dict(b) for b in batches[12:]]
+    moments = calibration_moments(dense, calibration)
+    plan = plan_from_sparsity(compute_importance(dense, None, "l2"), ffn_sparsity=0.5)
+    held_out_moments = calibration_moments(dense, held_out)
+    errors = {}
+    for name, chosen in (("plan", plan), ("reselected", reselect_units(dense, plan, moments))):
+        pruned = copy.deepcopy(dense)
+        for layer, removed in chosen.neurons.items():  # remember which dense columns each layer keeps
+            get_submodule(get_layers(pruned)[layer], get_layout(dense).down).kept = [
+                n for n in range(1536) if n not in set(removed)]
+        apply_mask_tuning(pruned, chosen, moments, reconstruct="weights")
+        errors[name] = _held_out_error(held_out_moments, dense, pruned, get_layout(dense))
+    assert [s.ffn for s in layer_shapes(pruned)] == plan.kept_widths()["ffn"]  # the same counts per layer
+    assert errors["reselected"] < 0.8 * errors["plan"]

@@ -22,6 +22,8 @@ for tool in hf_prune:run_hf_prune.py transformers4:run_transformers4.py torch-pr
   (cd "$HERE" && "$python" "$script" "${REC[@]}") || { echo "[run] $venv FAILED"; status=1; }
   echo "[run] $venv: $((SECONDS - t0)) s"
 done
+# hf_prune again with the units re-chosen by reconstruction error (same budget; retrain-free row only)
+(cd "$HERE" && "$HERE/../../.venv/bin/python" run_hf_prune.py --reselect) || { echo "[run] hf_prune --reselect FAILED"; status=1; }
 # SmolLM2-135M perplexity (issue 8, part 2 peer row): Torch-Pruning Taylor, retrain-free, 10/20/30% of layer
 # parameters; writes benchmarks/peers/results_perplexity.json. PEERS_LLM=0 skips it.
 if [[ "${PEERS_LLM:-1}" == 1 ]]; then

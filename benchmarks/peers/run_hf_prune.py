@@ -5,7 +5,10 @@ budget as the peer tools, then `tune_masks(reconstruct="weights")` on the same s
 saved with `hf_prune.save_pruned` and reloaded with plain transformers 5 `from_pretrained` (uniform widths are
 written as ordinary config keys) and with `hf_prune.load_pruned`. Runs in the project's own venv:
 
-    .venv/bin/python benchmarks/peers/run_hf_prune.py [--recovery]
+    .venv/bin/python benchmarks/peers/run_hf_prune.py [--recovery] [--reselect]
+
+``--reselect`` keeps the same per-layer counts but re-chooses the units by reconstruction error
+(`hf_prune.reselect_units`) before the weights are re-solved.
 """
 
 from __future__ import annotations
@@ -28,17 +31,27 @@ import torch  # noqa: E402
 sys.path.insert(0, str(C.ROOT))
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
-from hf_prune import compute_importance, layer_shapes, load_pruned, plan_from_sparsity, save_pruned, tune_masks  # noqa: E402
+from hf_prune import (  # noqa: E402
+    apply_mask_tuning,
+    calibration_moments,
+    compute_importance,
+    layer_shapes,
+    load_pruned,
+    plan_from_sparsity,
+    reselect_units,
+    save_pruned,
+)
 
-METHOD = "hf_prune-fisher+weights"
 
-
-def prune(dense, calib):
+def prune(dense, calib, reselect):
     model = copy.deepcopy(dense)
     t0 = time.time()
     scores = compute_importance(model, calib, method="fisher", progress=False)
     plan = plan_from_sparsity(scores, head_sparsity=0.5, ffn_sparsity=0.5, scope="layer")
-    tune_masks(model, plan, calib, reconstruct="weights")
+    moments = calibration_moments(model, calib)  # what tune_masks computes
+    if reselect:
+        plan = reselect_units(model, plan, moments)
+    apply_mask_tuning(model, plan, moments, reconstruct="weights")
     return model.eval(), time.time() - t0
 
 
@@ -58,7 +71,9 @@ def reloads(pruned, val):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    p.add_argument("--reselect", action="store_true", help="re-choose the units by reconstruction error")
     args = p.parse_args()
+    method = "hf_prune-fisher+weights" + ("+reselect" if args.reselect else "")
     torch.set_num_threads(2)
     train, val = C.load_data()
     val_b = C.eval_batches(val)
@@ -68,7 +83,8 @@ def main():
         return {"shapes": [(s.heads, s.kv_heads, s.head_dim, s.ffn) for s in layer_shapes(model)]}
 
     dense_acc, modes, runs, (kept, _) = C.prune_over_slices(
-        "hf_prune", METHOD, dense, train, val_b, lambda calib, k: (*prune(dense, calib), None), shapes, args.recovery)
+        method, method, dense, train, val_b, lambda calib, k: (*prune(dense, calib, args.reselect), None), shapes,
+        args.recovery)
     lat = C.latency_ratios(dense, kept)
     ok5, ok_ours, notes = reloads(kept, val)
     C.log(f"latency {lat}; reload v5 {ok5}: {notes}")
@@ -81,10 +97,11 @@ def main():
                                 "from_pretrained cannot rebuild these shapes; transformers 4.x not tested)",
         "budget": "50% of heads (6 of 12) and 50% of FFN neurons (768 of 1536) in every layer",
         "importance": "hf_prune fisher (labelled loss) + plan_from_sparsity(scope='layer') + "
-                      "tune_masks(reconstruct='weights') on the same slice",
+                      + ("reselect_units + " if args.reselect else "")
+                      + "weight reconstruction (tune_masks(reconstruct='weights')) on the same slice",
         "versions": C.versions("hf_prune"),
     }
-    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b)
+    C.finish(method, modes, runs, dense_acc, extra, train, val_b)
 
 
 if __name__ == "__main__":
