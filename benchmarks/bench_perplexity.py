@@ -22,7 +22,9 @@ Variants (tags after the method): ``+global`` ranks units across layers; ``+para
 (`plan_from_flops` at seq_len 1, where a layer's FLOPs are twice its projection parameters) choose heads and
 FFN neurons of every layer for the parameter budget; ``+weights`` recovers with
 `reconstruct="weights"` (kept projection weights re-solved; statistics from `--moment-windows` windows per
-slice: the slice's scoring windows, then further windows of the training split).
+slice: the slice's scoring windows, then further windows of the training split); ``+reselect`` (with +weights)
+keeps the plan's per-layer counts and re-chooses the units by reconstruction error (`reselect_units`);
+``+obs`` plans on `reconstruction_scores` instead of the raw scores.
 
     .venv/bin/python benchmarks/bench_perplexity.py --quick     # smoke run, writes under cache/quick
     .venv/bin/python benchmarks/bench_perplexity.py             # default grid (resumes from cached runs)
