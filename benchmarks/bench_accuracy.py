@@ -36,7 +36,6 @@ import copy
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import time
@@ -47,6 +46,8 @@ from tqdm.auto import tqdm
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from batching import batches, eval_batches  # noqa: E402
 
 from hf_prune import (  # noqa: E402
     DistillationTrainer,
@@ -82,37 +83,6 @@ def tokenize(tokenizer, split, limit=None):
     enc = tokenizer(sentences, truncation=True, max_length=SEQ_LEN)
     return [{"input_ids": enc["input_ids"][i], "token_type_ids": enc["token_type_ids"][i],
              "attention_mask": enc["attention_mask"][i], "labels": labels[i]} for i in range(len(labels))]
-
-
-def collate(examples, pad_id=0):
-    width = max(len(e["input_ids"]) for e in examples)
-    out = {}
-    for key in ("input_ids", "token_type_ids", "attention_mask"):
-        pad = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor([e[key] + [pad] * (width - len(e[key])) for e in examples], dtype=torch.long)
-    out["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
-    return out
-
-
-def batches(examples, size, shuffle_seed=None):
-    """Batches in order, or (shuffle_seed) shuffled with length bucketing: less padding, same epoch."""
-    order = list(range(len(examples)))
-    if shuffle_seed is None:
-        return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
-    rng = random.Random(shuffle_seed)
-    rng.shuffle(order)
-    chunk = size * 16
-    out = []
-    for c in range(0, len(order), chunk):
-        part = sorted(order[c:c + chunk], key=lambda i: len(examples[i]["input_ids"]))
-        out += [collate([examples[i] for i in part[k:k + size]]) for k in range(0, len(part), size)]
-    rng.shuffle(out)
-    return out
-
-
-def eval_batches(examples, size=128):
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))  # less padding
-    return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
 
 
 @torch.inference_mode()

@@ -9,12 +9,12 @@ torch.inference_mode. Nothing here imports hf_prune (it is not installed in thes
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
 import os
 import platform
-import random
 import re
 import shutil
 import statistics
@@ -39,6 +39,8 @@ SLICES = 3
 MODEL_NAME = "all-MiniLM-L6-v2"
 TASK = "movie-reviews"
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from batching import batches, collate, eval_batches  # noqa: E402, F401 (torch only; bench_accuracy.py uses it too)
 
 # ----------------------------------------------------------------------------- data (as bench_accuracy.py)
 
@@ -53,34 +55,18 @@ def load_data():
     return examples(data["train"]), examples(data["validation"])
 
 
-def collate(examples, pad_id=0):
-    width = max(len(e["input_ids"]) for e in examples)
-    out = {}
-    for key in ("input_ids", "token_type_ids", "attention_mask"):
-        pad = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor([e[key] + [pad] * (width - len(e[key])) for e in examples], dtype=torch.long)
-    out["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
-    return out
+def arguments() -> argparse.ArgumentParser:
+    """The command line every MiniLM peer script shares (add a script's own flags to it)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    return p
 
 
-def batches(examples, size, shuffle_seed=None):
-    order = list(range(len(examples)))
-    if shuffle_seed is None:
-        return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
-    rng = random.Random(shuffle_seed)
-    rng.shuffle(order)
-    chunk = size * 16
-    out = []
-    for c in range(0, len(order), chunk):
-        part = sorted(order[c:c + chunk], key=lambda i: len(examples[i]["input_ids"]))
-        out += [collate([examples[i] for i in part[k:k + size]]) for k in range(0, len(part), size)]
-    rng.shuffle(out)
-    return out
-
-
-def eval_batches(examples, size=128):
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    return [collate([examples[i] for i in order[k:k + size]]) for k in range(0, len(order), size)]
+def setup(attn_implementation=None):
+    """2 threads, then (train, validation, validation batches, dense fine-tuned model)."""
+    torch.set_num_threads(2)
+    train, val = load_data()
+    return train, val, eval_batches(val), load_dense(attn_implementation)
 
 
 def calib_batches(train, k):
@@ -260,37 +246,38 @@ def reload_v4(folder, reference, batch):
 
 
 V5_SCRIPT = r"""
-import json, sys, warnings, logging, io
+import json, sys, logging, io
 import torch
-from transformers import AutoModelForSequenceClassification
+import transformers
 from transformers.utils import logging as hf_logging
 buf = io.StringIO()
-h = logging.StreamHandler(buf)
-hf_logging.get_logger().addHandler(h)
-folder, batch_file, out_file = sys.argv[1:4]
+hf_logging.get_logger().addHandler(logging.StreamHandler(buf))
+folder, spec_file, out_file = sys.argv[1:4]
+spec = json.load(open(spec_file))
 res = {}
 try:
-    m = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    b = json.load(open(batch_file))
+    m = getattr(transformers, spec["auto_class"]).from_pretrained(folder, **spec["load"]).eval()
     with torch.inference_mode():
-        lg = m(**{k: torch.tensor(v) for k, v in b.items()}).logits.float()
+        lg = m(**{k: torch.tensor(v) for k, v in spec["tensors"].items()}, **spec["call"]).logits.float()
     res["logits"] = lg.tolist()
 except Exception as exc:
     res["error"] = f"{type(exc).__name__}: {exc}"
 res["log"] = buf.getvalue()
-import transformers
 res["transformers"] = transformers.__version__
 json.dump(res, open(out_file, "w"))
 """
 
 
-def reload_v5(folder, reference, batch):
-    """Our venv's transformers 5 AutoModelForSequenceClassification.from_pretrained(folder): (ok, note)."""
+def reload_v5(folder, reference, batch, auto_class="AutoModelForSequenceClassification", load_kwargs=None,
+              call_kwargs=None, tolerance=1e-4, timeout=600):
+    """Our venv's transformers 5 `<auto_class>.from_pretrained(folder, **load_kwargs)`, run on the batch's tensors
+    (labels dropped) with `call_kwargs`: (logits within `tolerance` of `reference`, note)."""
     with tempfile.TemporaryDirectory() as tmp:
-        bf, of = Path(tmp) / "batch.json", Path(tmp) / "out.json"
-        bf.write_text(json.dumps({k: v.tolist() for k, v in inputs(batch).items()}))
-        proc = subprocess.run([str(MAIN_PYTHON), "-c", V5_SCRIPT, str(folder), str(bf), str(of)],
-                              capture_output=True, text=True, timeout=600)
+        spec, of = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec.write_text(json.dumps({"auto_class": auto_class, "load": load_kwargs or {}, "call": call_kwargs or {},
+                                    "tensors": {k: v.tolist() for k, v in inputs(batch).items()}}))
+        proc = subprocess.run([str(MAIN_PYTHON), "-c", V5_SCRIPT, str(folder), str(spec), str(of)],
+                              capture_output=True, text=True, timeout=timeout)
         if not of.exists():
             return False, f"v5 subprocess crashed (rc {proc.returncode}): {_short(proc.stderr[-1500:])}"
         res = json.loads(of.read_text())
@@ -301,9 +288,9 @@ def reload_v5(folder, reference, batch):
         return False, f"{tag} from_pretrained fails: {_short(res['error'])}{report}"
     diff = float((torch.tensor(res["logits"]) - reference).abs().max())
     note = f"{tag} loads; max|logit diff| {diff:.2e}"
-    if diff >= 1e-4 and log:
+    if diff >= tolerance and log:
         note += f"; load report: {_short(log, 600)}"
-    return diff < 1e-4, note
+    return diff < tolerance, note
 
 
 def _short(text, n=900):

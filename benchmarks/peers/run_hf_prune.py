@@ -17,7 +17,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see common.latency_ratios
 
-import argparse  # noqa: E402
 import copy  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -26,7 +25,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import common as C  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(C.ROOT))
 from transformers import AutoModelForSequenceClassification  # noqa: E402
@@ -69,15 +67,11 @@ def reloads(pruned, val):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    p = C.arguments()
     p.add_argument("--reselect", action="store_true", help="re-choose the units by reconstruction error")
     args = p.parse_args()
     method = "hf_prune-fisher+weights" + ("+reselect" if args.reselect else "")
-    torch.set_num_threads(2)
-    train, val = C.load_data()
-    val_b = C.eval_batches(val)
-    dense = C.load_dense()
+    train, val, val_b, dense = C.setup()
 
     def shapes(model, _):
         return {"shapes": [(s.heads, s.kv_heads, s.head_dim, s.ffn) for s in layer_shapes(model)]}

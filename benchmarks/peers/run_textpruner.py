@@ -15,7 +15,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see common.latency_ratios
 
-import argparse  # noqa: E402
 import copy  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -23,7 +22,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import common as C  # noqa: E402
-import torch  # noqa: E402
 from textpruner import GeneralConfig, TransformerPruner, TransformerPruningConfig  # noqa: E402
 
 METHOD = "textpruner-taylor"
@@ -44,14 +42,10 @@ def prune(dense, calib, output_dir):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    p = C.arguments()
     args = p.parse_args()
     logging.getLogger("textpruner").setLevel(logging.WARNING)
-    torch.set_num_threads(2)
-    train, val = C.load_data()
-    val_b = C.eval_batches(val)
-    dense = C.load_dense()  # default (sdpa) attention; prune_heads works with it
+    train, val, val_b, dense = C.setup()  # default (sdpa) attention; prune_heads works with it
     work = tempfile.mkdtemp(prefix="peer-textpruner-")
     try:
         dense_acc, modes, runs, (pruned, pruner) = C.prune_over_slices(

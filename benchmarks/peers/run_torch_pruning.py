@@ -18,7 +18,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see common.latency_ratios
 
-import argparse  # noqa: E402
 import copy  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -89,13 +88,9 @@ def reloads(pruned, val):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    p = C.arguments()
     args = p.parse_args()
-    torch.set_num_threads(2)
-    train, val = C.load_data()
-    val_b = C.eval_batches(val)
-    dense = C.load_dense(attn_implementation="eager")
+    train, val, val_b, dense = C.setup(attn_implementation="eager")
     dense_acc, modes, runs, (pruned, _) = C.prune_over_slices(
         "torch-pruning", METHOD, dense, train, val_b, lambda calib, k: (*prune(dense, calib), None),
         lambda model, _: {"shapes": C.bert_shapes(model)}, args.recovery)

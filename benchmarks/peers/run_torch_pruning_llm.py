@@ -43,7 +43,6 @@ import json  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -218,30 +217,6 @@ def prune(dense, grads, fraction, example_ids):
 # ----------------------------------------------------------------------------- reload checks
 
 
-V5_SCRIPT = r"""
-import json, sys, logging, io
-import torch
-from transformers import AutoModelForCausalLM
-from transformers.utils import logging as hf_logging
-buf = io.StringIO()
-hf_logging.get_logger().addHandler(logging.StreamHandler(buf))
-folder, ids_file, out_file = sys.argv[1:4]
-res = {}
-try:
-    m = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    ids = torch.tensor(json.load(open(ids_file)))
-    with torch.inference_mode():
-        lg = m(input_ids=ids, use_cache=False).logits.float()
-    res["logits"] = lg.tolist()
-except Exception as exc:
-    res["error"] = f"{type(exc).__name__}: {exc}"
-res["log"] = buf.getvalue()
-import transformers
-res["transformers"] = transformers.__version__
-json.dump(res, open(out_file, "w"))
-"""
-
-
 @torch.inference_mode()
 def logits_of(model, ids):
     return model.eval()(input_ids=ids, use_cache=False).logits.float()
@@ -263,19 +238,9 @@ def reloads(pruned, window):
             del back
         except Exception as exc:  # noqa: BLE001
             ok4, note4 = False, f"v4 from_pretrained fails: {type(exc).__name__}: {C._short(str(exc))}"
-        (tmp / "ids.json").write_text(json.dumps(ids.tolist()))
-        proc = subprocess.run([str(C.MAIN_PYTHON), "-c", V5_SCRIPT, str(tmp / "hf"), str(tmp / "ids.json"),
-                               str(tmp / "out.json")], capture_output=True, text=True, timeout=900)
-        if not (tmp / "out.json").exists():
-            ok5, note5 = False, f"v5 subprocess crashed (rc {proc.returncode}): {C._short(proc.stderr[-1500:])}"
-        else:
-            res = json.loads((tmp / "out.json").read_text())
-            tag = f"v5 ({res.get('transformers')})"
-            if "error" in res:
-                ok5, note5 = False, f"{tag} from_pretrained fails: {C._short(res['error'])}"
-            else:
-                diff5 = float((torch.tensor(res["logits"]) - ref).abs().max())
-                ok5, note5 = diff5 < 1e-3, f"{tag} from_pretrained loads; max|logit diff| {diff5:.2e}"
+        ok5, note5 = C.reload_v5(tmp / "hf", ref, {"input_ids": ids}, auto_class="AutoModelForCausalLM",
+                                 load_kwargs={"attn_implementation": "eager"}, call_kwargs={"use_cache": False},
+                                 tolerance=1e-3, timeout=900)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ok4, ok5, (f"save_pretrained after setting config.num_attention_heads/intermediate_size to the pruned "
