@@ -1,7 +1,7 @@
 """Accuracy against FLOPs: all-MiniLM-L6-v2 on the movie-review sentences (issue 8, part 1).
 
-Setup. The real MiniLM (`hf_prune.assets.minilm_dir()`) is fine-tuned densely for one epoch (batch 32) on the
-seeded 80/20 split of `hf_prune.assets.movie_reviews(seed=0)` (~8058 train / 2014 validation) and cached under
+Setup. The real MiniLM (`hf_prune_assets.minilm_dir()`) is fine-tuned densely for one epoch (batch 32) on the
+seeded 80/20 split of `hf_prune_assets.movie_reviews(seed=0)` (~8058 train / 2014 validation) and cached under
 benchmarks/cache/ (git-ignored). Every pruned model starts from that cached dense model and is evaluated on the
 full validation split (max_seq_length 64, dynamic padding, batch 128, torch.inference_mode).
 
@@ -61,11 +61,11 @@ from hf_prune import (  # noqa: E402
     reselect_units,
     tune_masks,
 )
-from hf_prune.assets import minilm_dir, movie_reviews  # noqa: E402
-from hf_prune.atomic import atomic_write_json  # noqa: E402
-from hf_prune.report import write_figure  # noqa: E402
-from hf_prune.saving import save_pruned  # noqa: E402
-from hf_prune.shapes import layer_shapes  # noqa: E402
+from hf_prune.architecture.shapes import layer_shapes  # noqa: E402
+from hf_prune.cli.report import write_figure  # noqa: E402
+from hf_prune.serialization.atomic import atomic_write_json  # noqa: E402
+from hf_prune.serialization.saving import save_pruned  # noqa: E402
+from hf_prune_assets import minilm_dir, movie_reviews  # noqa: E402
 
 GRADIENT_METHODS = ("gradient", "fisher", "taylor")
 ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")

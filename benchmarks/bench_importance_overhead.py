@@ -19,8 +19,8 @@ import time
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_prune import assets
-from hf_prune.gates import attach_gates
+import hf_prune_assets as assets
+from hf_prune.architecture.gates import attach_gates
 from hf_prune.importance import compute_importance
 
 

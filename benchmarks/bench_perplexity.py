@@ -1,7 +1,7 @@
 """Perplexity against parameters removed: SmolLM2-135M on WikiText-2, retrain-free (issue 8, part 2).
 
-Model: the real SmolLM2-135M (`hf_prune.assets.load_smollm2()`, llama, 30 layers, 9 query heads over 3 kv
-heads, FFN 1536, float32). Text: WikiText-2 raw (`hf_prune.assets.wikitext2`), tokenised as one stream and
+Model: the real SmolLM2-135M (`hf_prune_assets.load_smollm2()`, llama, 30 layers, 9 query heads over 3 kv
+heads, FFN 1536, float32). Text: WikiText-2 raw (`hf_prune_assets.wikitext2`), tokenised as one stream and
 cut into non-overlapping windows of 512 tokens. Perplexity = exp(mean next-token NLL) over the first
 `--eval-windows` windows of the *test* split (the dense number on the same windows is reported next to it).
 
@@ -50,12 +50,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from hf_prune import compute_importance, count_parameters, plan_from_flops, plan_from_sparsity  # noqa: E402
-from hf_prune.assets import load_smollm2, wikitext2  # noqa: E402
-from hf_prune.atomic import atomic_write_json  # noqa: E402
-from hf_prune.mask_tuning import apply_mask_tuning, calibration_moments  # noqa: E402
-from hf_prune.report import write_figure  # noqa: E402
-from hf_prune.reselect import reconstruction_scores, reselect_units  # noqa: E402
-from hf_prune.shapes import layer_shapes  # noqa: E402
+from hf_prune.architecture.shapes import layer_shapes  # noqa: E402
+from hf_prune.cli.report import write_figure  # noqa: E402
+from hf_prune.recovery import apply_mask_tuning, calibration_moments  # noqa: E402
+from hf_prune.recovery.reselect import reconstruction_scores, reselect_units  # noqa: E402
+from hf_prune.serialization.atomic import atomic_write_json  # noqa: E402
+from hf_prune_assets import load_smollm2, wikitext2  # noqa: E402
 
 ALL_METHODS = ("gradient", "fisher", "taylor", "l2", "activation", "random")
 WINDOW = 512

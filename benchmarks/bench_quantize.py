@@ -25,13 +25,14 @@ import torch
 from lottery_ticket import batch_at, fresh_model, load_data, machine, train
 from safetensors.torch import save_file
 
-from hf_prune.atomic import atomic_write_json
-from hf_prune.counting import count_parameters
+from hf_prune.architecture.counting import count_parameters
+from hf_prune.deploy.latency import measure_latency
+from hf_prune.deploy.quantize import quantize_dynamic_int8
 from hf_prune.importance import compute_importance
-from hf_prune.latency import measure_latency
-from hf_prune.plan import plan_from_sparsity
-from hf_prune.quantize import quantize_dynamic_int8
-from hf_prune.unstructured import prune_unstructured, save_sparse, sparsity_report, zero_masks
+from hf_prune.planning import plan_from_sparsity
+from hf_prune.serialization.atomic import atomic_write_json
+from hf_prune.serialization.sparse import save_sparse
+from hf_prune.unstructured.magnitude import prune_unstructured, sparsity_report, zero_masks
 
 RESULTS = Path(__file__).parent / "results"
 

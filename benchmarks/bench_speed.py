@@ -8,7 +8,7 @@ speedup that the FLOPs promise, with dense and pruned alternated in one process 
     measured speedup = median latency(dense) / median latency(pruned)
     share            = measured / ideal            (PASS when >= 0.95)
 
-Two ideals are reported: `hf_prune.counting.count_flops` (the transformer layers; embeddings and
+Two ideals are reported: `hf_prune.architecture.counting.count_flops` (the transformer layers; embeddings and
 pooler are not counted) and torch's FlopCounterMode over the whole forward (matmuls of the layers,
 attention and pooler). Embedding lookups, norms, softmax, activations and residual adds count 0
 FLOPs in both, yet take time, and most of them (embeddings, the hidden-size norms and adds) do not
@@ -35,10 +35,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
-from hf_prune.atomic import atomic_write_json
-from hf_prune.counting import count_flops
-from hf_prune.latency import measure_latency
-from hf_prune.surgery import prune_model
+from hf_prune.architecture.counting import count_flops
+from hf_prune.deploy.latency import measure_latency
+from hf_prune.serialization.atomic import atomic_write_json
+from hf_prune.surgery.width import prune_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
 TARGET_SHARE = 0.95

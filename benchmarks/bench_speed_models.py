@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, BertConfig, BertModel
 
-from hf_prune import assets, count_flops, count_parameters, layer_shapes, measure_latency, prune_model
-from hf_prune.atomic import atomic_write_json
+import hf_prune_assets as assets
+from hf_prune import count_flops, count_parameters, layer_shapes, measure_latency, prune_model
+from hf_prune.serialization.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_SNIPPET = """

@@ -6,9 +6,9 @@ MiniLM (all-MiniLM-L6-v2 + a fresh 2-way head) is fine-tuned on movie-review sen
 steps (AdamW, lr 2e-4 decaying linearly, batch 16 x 32 tokens); every parameter is snapshotted at `--rewind-step`.
 Each round prunes a further `--rate` of the surviving attention/FFN projection weights by global
 magnitude (`hf_prune.prune_unstructured`), then retrains steps rewind_step..steps with the zeros held:
-- ticket: every parameter rewound to the snapshot (`hf_prune.lottery.rewind`);
+- ticket: every parameter rewound to the snapshot (`hf_prune.unstructured.lottery.rewind`);
 - random: the same masks and the same rewound embeddings/biases/LayerNorms/head, but the surviving
-  projection weights redrawn at random (`hf_prune.lottery.reinitialize`).
+  projection weights redrawn at random (`hf_prune.unstructured.lottery.reinitialize`).
 The ticket's retrained weights are pruned in the next round. Accuracy on `--eval` validation sentences.
 Writes benchmarks/results/lottery.json.
 """
@@ -26,10 +26,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_prune import assets
-from hf_prune.atomic import atomic_write_json
-from hf_prune.lottery import LotteryTicketRewinder, reinitialize
-from hf_prune.unstructured import apply_masks, sparsity_report
+import hf_prune_assets as assets
+from hf_prune.serialization.atomic import atomic_write_json
+from hf_prune.unstructured.lottery import LotteryTicketRewinder, reinitialize
+from hf_prune.unstructured.magnitude import apply_masks, sparsity_report
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,24 +1,28 @@
 """hf_prune: remove attention heads and FFN neurons from transformers v5 models, and reload them anywhere."""
 
-from .callback import HeadPruningCallback, resize_to_checkpoint
-from .config_entry import read_config_entry, write_config_entry
-from .counting import count_flops, count_parameters
-from .distillation import DistillationTrainer, distillation_loss
-from .gates import attach_gates
-from .importance import METHODS as IMPORTANCE_METHODS
-from .importance import ImportanceScores, compute_importance
-from .latency import LatencyStats, measure_latency
-from .layouts import Layout, get_layout, supported_model_types
-from .loading import load_pruned
-from .lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weights
-from .mask_tuning import apply_mask_tuning, calibration_moments, tune_masks
-from .plan import PruningPlan, plan_from_flops, plan_from_sparsity
-from .quantize import quantize_dynamic_int8
-from .reselect import reconstruction_scores, reselect_units
-from .saving import save_pruned
-from .shapes import LayerShape, layer_shapes
-from .surgery import prune_model
-from .unstructured import SparsityReport, load_sparse, prune_unstructured, save_sparse, sparsity_report
+from .architecture.config_entry import read_config_entry, write_config_entry
+from .architecture.counting import count_flops, count_parameters
+from .architecture.gates import attach_gates
+from .architecture.layouts import Layout, get_layout, supported_model_types
+from .architecture.shapes import LayerShape, layer_shapes
+from .deploy.latency import LatencyStats, measure_latency
+from .deploy.quantize import quantize_dynamic_int8
+from .importance.compute import compute_importance
+from .importance.estimators import METHODS as IMPORTANCE_METHODS
+from .importance.scores import ImportanceScores
+from .planning.budgets import plan_from_flops, plan_from_sparsity
+from .planning.plan import PruningPlan
+from .recovery.mask_tuning import apply_mask_tuning, tune_masks
+from .recovery.moments import calibration_moments
+from .recovery.reselect import reconstruction_scores, reselect_units
+from .serialization.loading import load_pruned
+from .serialization.saving import save_pruned
+from .serialization.sparse import load_sparse, save_sparse
+from .surgery.width import prune_model
+from .training.callback import HeadPruningCallback, resize_to_checkpoint
+from .training.distillation import DistillationTrainer, distillation_loss
+from .unstructured.lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weights
+from .unstructured.magnitude import SparsityReport, prune_unstructured, sparsity_report
 
 __version__ = "0.1.0"
 

@@ -14,11 +14,12 @@ import tempfile
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_prune import assets, layer_shapes, load_pruned
-from hf_prune.counting import count_flops, count_parameters
+import hf_prune_assets as assets
+from hf_prune import layer_shapes, load_pruned
+from hf_prune.architecture.counting import count_flops, count_parameters
+from hf_prune.deploy.latency import measure_latency
 from hf_prune.importance import compute_importance
-from hf_prune.latency import measure_latency
-from hf_prune.plan import plan_from_sparsity
+from hf_prune.planning import plan_from_sparsity
 
 BATCH, SEQ, REPEATS = 8, 128, 5
 

@@ -12,7 +12,7 @@ from test_callback import Toy  # noqa: E402
 from tiny_models import make_model  # noqa: E402
 
 from hf_prune import layer_shapes  # noqa: E402
-from hf_prune.callback import HeadPruningCallback  # noqa: E402
+from hf_prune.training.callback import HeadPruningCallback  # noqa: E402
 
 out = sys.argv[1]
 rank = int(os.environ.get("RANK", 0))

@@ -22,7 +22,7 @@ from test_callback import Toy  # noqa: E402
 from tiny_models import make_model  # noqa: E402
 
 from hf_prune import layer_shapes  # noqa: E402
-from hf_prune.callback import HeadPruningCallback, resize_to_checkpoint  # noqa: E402
+from hf_prune.training.callback import HeadPruningCallback, resize_to_checkpoint  # noqa: E402
 
 MAX_STEPS, SAVE_STEPS = 8, 3
 

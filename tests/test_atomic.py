@@ -12,8 +12,8 @@ import torch
 from tiny_models import make_inputs, make_model
 
 from hf_prune import layer_shapes, load_pruned, prune_model
-from hf_prune.atomic import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
-from hf_prune.saving import save_pruned
+from hf_prune.serialization.atomic import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from hf_prune.serialization.saving import save_pruned
 
 
 def names(folder):
@@ -150,7 +150,7 @@ def test_killed_writer_leaves_the_previous_folder_and_only_a_hidden_temp(tmp_pat
     (target / "old.txt").write_text("old")
     script = textwrap.dedent(f"""
         import os, signal
-        from hf_prune.atomic import atomic_directory
+        from hf_prune.serialization.atomic import atomic_directory
         with atomic_directory({str(target)!r}, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("half")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -8,7 +8,7 @@ from tiny_models import make_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_prune import layer_shapes, load_pruned
-from hf_prune.callback import HeadPruningCallback, resize_to_checkpoint, schedule_fraction
+from hf_prune.training.callback import HeadPruningCallback, resize_to_checkpoint, schedule_fraction
 
 
 class Toy(torch.utils.data.Dataset):
@@ -64,7 +64,7 @@ def test_iterative_pruning_meets_targets_and_reloads(model_type, causal, tmp_pat
 
 
 def test_flops_target_is_met(tmp_path):
-    from hf_prune.counting import count_flops
+    from hf_prune.architecture.counting import count_flops
 
     model = make_model("bert").train()
     dense = count_flops(model, 128)
@@ -159,7 +159,7 @@ def test_schedules():
 
 
 def test_distillation_trainer_prunes_and_learns_from_the_teacher(tmp_path):
-    from hf_prune.distillation import DistillationTrainer, distillation_loss
+    from hf_prune.training.distillation import DistillationTrainer, distillation_loss
 
     logits = torch.randn(4, 3)
     assert distillation_loss(logits, logits).abs() < 1e-6 < distillation_loss(logits, torch.randn(4, 3))

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from hf_prune import assets, layer_shapes, load_pruned
+import hf_prune_assets as assets
+from hf_prune import layer_shapes, load_pruned
 from hf_prune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

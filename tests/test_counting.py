@@ -6,7 +6,7 @@ from tiny_models import make_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_prune import prune_model
-from hf_prune.counting import count_flops, count_parameters
+from hf_prune.architecture.counting import count_flops, count_parameters
 
 
 def measured_layer_flops(model, seq_len):

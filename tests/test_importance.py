@@ -11,9 +11,9 @@ import torch
 from tiny_models import make_inputs, make_model
 
 from hf_prune import get_layout, layer_shapes, prune_model
+from hf_prune.architecture.layouts import get_layers, get_submodule
 from hf_prune.importance import METHODS, ImportanceScores, compute_importance
-from hf_prune.layouts import get_layers, get_submodule
-from hf_prune.surgery import head_columns
+from hf_prune.surgery.width import head_columns
 
 FAMILIES = ["bert", "gpt2", "llama"]  # BERT-style, GPT-2 Conv1D with fused qkv, llama-style GQA
 

@@ -1,4 +1,4 @@
-"""hf_prune.latency: functional checks only (no assertion on how fast anything is)."""
+"""hf_prune.deploy.latency: functional checks only (no assertion on how fast anything is)."""
 
 from types import SimpleNamespace
 
@@ -7,8 +7,8 @@ import torch
 from tiny_models import make_model
 from torch import nn
 
-from hf_prune.latency import LatencyStats, measure_latency, percentile
-from hf_prune.surgery import prune_model
+from hf_prune.deploy.latency import LatencyStats, measure_latency, percentile
+from hf_prune.surgery.width import prune_model
 
 
 class Recorder(nn.Module):

@@ -6,7 +6,7 @@ from tiny_models import TINY, make_model
 from transformers.pytorch_utils import Conv1D
 
 from hf_prune import get_layout, supported_model_types
-from hf_prune.layouts import LAYOUTS, get_layers, get_submodule
+from hf_prune.architecture.layouts import LAYOUTS, get_layers, get_submodule
 
 
 def test_every_layout_has_a_tiny_model():

@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import make_inputs, make_model
 
-from hf_prune.lottery import LotteryTicketRewinder, cumulative_sparsity, reinitialize, rewind, snapshot_weights
-from hf_prune.unstructured import prunable_weight_names, sparsity_report, zero_masks
+from hf_prune.unstructured.lottery import LotteryTicketRewinder, cumulative_sparsity, reinitialize, rewind, snapshot_weights
+from hf_prune.unstructured.magnitude import prunable_weight_names, sparsity_report, zero_masks
 
 
 def train_a_little(model, steps=3, seed=0):
@@ -66,7 +66,7 @@ def train_a_little_lm(model):
 def test_random_control_shares_masks_and_everything_but_the_survivor_values():
     model = make_model("bert")
     snapshot = snapshot_weights(model)
-    from hf_prune.unstructured import prune_unstructured
+    from hf_prune.unstructured.magnitude import prune_unstructured
 
     prune_unstructured(model, 0.5)
     masks = zero_masks(model)

@@ -6,10 +6,11 @@ import torch
 from tiny_models import make_inputs, make_model
 
 from hf_prune import get_layout, layer_shapes
-from hf_prune.layouts import get_layers, get_submodule
-from hf_prune.mask_tuning import least_squares_scales, tune_masks, unit_gram
-from hf_prune.plan import PruningPlan
-from hf_prune.surgery import head_columns
+from hf_prune.architecture.layouts import get_layers, get_submodule
+from hf_prune.planning import PruningPlan
+from hf_prune.recovery.least_squares import least_squares_scales, unit_gram
+from hf_prune.recovery.mask_tuning import tune_masks
+from hf_prune.surgery.width import head_columns
 
 
 def calibration(n: int = 3) -> list[dict]:
@@ -145,7 +146,7 @@ def test_weight_reconstruction_recovers_a_duplicated_neuron_exactly(model_type):
 
 
 def test_weight_reconstruction_fits_at_least_as_well_as_scales_and_matches_lstsq():
-    from hf_prune.mask_tuning import reconstruct_weights
+    from hf_prune.recovery.least_squares import reconstruct_weights
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(300, 6 * 4, generator=g, dtype=torch.float64) + 0.5  # (tokens, units * width), non-zero mean

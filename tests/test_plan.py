@@ -9,9 +9,9 @@ import torch
 from tiny_models import make_inputs, make_model
 
 from hf_prune import layer_shapes
-from hf_prune.counting import count_flops, layer_flops
+from hf_prune.architecture.counting import count_flops, layer_flops
 from hf_prune.importance import ImportanceScores, compute_importance
-from hf_prune.plan import PruningPlan, plan_from_flops, plan_from_sparsity
+from hf_prune.planning import PruningPlan, plan_from_flops, plan_from_sparsity
 
 
 def random_scores(heads=(4, 4, 4), ffn=(37, 37, 37), kv=None, seed=0) -> ImportanceScores:

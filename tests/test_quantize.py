@@ -9,8 +9,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from hf_prune import prune_model
-from hf_prune.quantize import quantize_dynamic_int8
-from hf_prune.unstructured import prune_unstructured
+from hf_prune.deploy.quantize import quantize_dynamic_int8
+from hf_prune.unstructured.magnitude import prune_unstructured
 
 
 def argmax_agreement(float_logits, int8_logits) -> float:

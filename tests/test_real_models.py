@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_prune import assets, layer_shapes, load_pruned, prune_model
+import hf_prune_assets as assets
+from hf_prune import layer_shapes, load_pruned, prune_model
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def test_smollm2_gqa_prunes_and_reloads(tmp_path):
 
 def _held_out_error(moments, dense, pruned, layout):
     """Summed squared error of every pruned down projection against the dense one, on the held-out inputs."""
-    from hf_prune.layouts import get_layers, get_submodule
+    from hf_prune.architecture.layouts import get_layers, get_submodule
 
     total = 0.0
     for moment, d_layer, p_layer in zip(moments[1], get_layers(dense), get_layers(pruned)):
@@ -69,7 +70,7 @@ def test_minilm_reselected_units_reconstruct_held_out_sentences_better():
         plan_from_sparsity,
         reselect_units,
     )
-    from hf_prune.layouts import get_layers, get_submodule
+    from hf_prune.architecture.layouts import get_layers, get_submodule
 
     dense = AutoModelForSequenceClassification.from_pretrained(assets.minilm_dir(), num_labels=2).eval()
     tokenizer = AutoTokenizer.from_pretrained(assets.minilm_dir())

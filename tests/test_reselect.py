@@ -10,9 +10,9 @@ from test_mask_tuning import calibration, duplicate_neuron, logits
 from tiny_models import make_model
 
 from hf_prune import apply_mask_tuning, calibration_moments, layer_shapes, reselect_units
-from hf_prune.mask_tuning import reconstruct_weights
-from hf_prune.plan import PruningPlan
-from hf_prune.reselect import _greedy_obs, _removed
+from hf_prune.planning import PruningPlan
+from hf_prune.recovery.least_squares import reconstruct_weights
+from hf_prune.recovery.reselect import greedy_obs, removed_groups
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama", "bert"])
@@ -43,9 +43,9 @@ def test_greedy_matches_brute_force_for_one_unit_and_is_never_worse_than_the_pla
     moment = x.t() @ x
     groups, families = [[n] for n in range(10)], [0] * 10
     best = min(range(10), key=lambda n: _residual(x, w, [k for k in range(10) if k != n]))
-    assert _removed(_greedy_obs(moment, w, groups, families, {0: 1}, 1e-12, 1)) == [best]
+    assert removed_groups(greedy_obs(moment, w, groups, families, {0: 1}, 1e-12, 1)) == [best]
     # three at a time: greedy is at least as good as most three-subsets and matches the solver's own residual
-    chosen = _removed(_greedy_obs(moment, w, groups, families, {0: 3}, 1e-12, 1))
+    chosen = removed_groups(greedy_obs(moment, w, groups, families, {0: 3}, 1e-12, 1))
     keep = [k for k in range(10) if k not in chosen]
     residuals = sorted(_residual(x, w, [k for k in range(10) if k not in s]) for s in itertools.combinations(range(10), 3))
     assert _residual(x, w, keep) <= residuals[len(residuals) // 10]  # in the best tenth of all 120 subsets

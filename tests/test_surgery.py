@@ -7,8 +7,8 @@ import torch
 from tiny_models import GROUPED, TINY, make_inputs, make_model
 
 from hf_prune import get_layout, layer_shapes, prune_model
-from hf_prune.layouts import get_layers, get_submodule
-from hf_prune.surgery import head_columns
+from hf_prune.architecture.layouts import get_layers, get_submodule
+from hf_prune.surgery.width import head_columns
 
 
 def silence(model, heads: dict, neurons: dict) -> None:

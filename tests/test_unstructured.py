@@ -7,15 +7,9 @@ from tiny_models import make_inputs, make_model
 from transformers import TrainerCallback
 
 from hf_prune import layer_shapes, prune_model
-from hf_prune.callback import HeadPruningCallback
-from hf_prune.unstructured import (
-    load_sparse,
-    prunable_weight_names,
-    prune_unstructured,
-    save_sparse,
-    sparsity_report,
-    zero_masks,
-)
+from hf_prune.serialization.sparse import load_sparse, save_sparse
+from hf_prune.training.callback import HeadPruningCallback
+from hf_prune.unstructured.magnitude import prunable_weight_names, prune_unstructured, sparsity_report, zero_masks
 
 TYPES = ["bert", "distilbert", "gpt2", "opt", "llama"]
 

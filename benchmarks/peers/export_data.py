@@ -1,7 +1,7 @@
 """Export the benchmark's movie-review split, tokenised, for the peer-tool venvs (run with the main venv).
 
-Same data as benchmarks/bench_accuracy.py: `hf_prune.assets.movie_reviews(seed=0, validation_fraction=0.2)`,
-tokenizer of `hf_prune.assets.minilm_dir()`, truncation at max_seq_length 64 (the benchmark's `tokenize`).
+Same data as benchmarks/bench_accuracy.py: `hf_prune_assets.movie_reviews(seed=0, validation_fraction=0.2)`,
+tokenizer of `hf_prune_assets.minilm_dir()`, truncation at max_seq_length 64 (the benchmark's `tokenize`).
 Writes benchmarks/peers/.cache/data.json: {"train": {"input_ids": [...], "labels": [...]}, "validation": ...}.
 attention_mask is all ones and token_type_ids all zeros before padding, so only input_ids are stored.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from hf_prune.assets import minilm_dir, movie_reviews  # noqa: E402
+from hf_prune_assets import minilm_dir, movie_reviews  # noqa: E402
 
 SEQ_LEN = 64
 

@@ -5,7 +5,7 @@ Run with the project's venv (it has hf_prune, its offline assets and transformer
     .venv/bin/python benchmarks/peers/export_smollm2.py
 
 Writes (idempotent: skipped when both outputs exist; --force rewrites them):
-  .cache/smollm2/             the model (`hf_prune.assets.load_smollm2()`, a plain float32 LlamaForCausalLM)
+  .cache/smollm2/             the model (`hf_prune_assets.load_smollm2()`, a plain float32 LlamaForCausalLM)
                               saved with save_pretrained (safetensors) + the tokenizer, by transformers 5
   .cache/smollm2-v4/          the same files (symlinks) with config.json rewritten for transformers 4.x where a key differs
                               (transformers 5 writes `rope_parameters`; 4.57 reads `rope_theta`/`rope_scaling`)
@@ -69,7 +69,7 @@ def main(argv=None):
     import transformers
     from bench_perplexity import as_batches, perplexity, windows
 
-    from hf_prune.assets import load_smollm2, wikitext2
+    from hf_prune_assets import load_smollm2, wikitext2
 
     t0 = time.time()
     model, tokenizer = load_smollm2()  # already a fresh LlamaForCausalLM without quantization_config

@@ -28,101 +28,12 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .importance import _all_reduce, _as_out_in, _is_main_process, _prepare
-from .layouts import Layout, get_layers, get_layout, get_submodule
-from .plan import PruningPlan
-from .shapes import layer_shape
-
-
-def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -> tuple[list, list]:
-    """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens."""
-    layers = get_layers(model, layout)
-    device = next(model.parameters()).device
-    shapes = [layer_shape(layer, layout) for layer in layers]
-    o_moments = [torch.zeros(s.heads * s.head_dim + 1, s.heads * s.head_dim + 1, dtype=torch.float64) for s in shapes]
-    down_moments = [torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
-    current: dict = {}
-
-    def hook_for(store: list, i: int):
-        def hook(module, args):
-            x = args[0].detach()
-            flat = x.reshape(-1, x.shape[-1]).double()  # (B*T, F)
-            mask = current.get("attention_mask")
-            if mask is not None and mask.numel() == flat.shape[0]:
-                flat = flat[mask.reshape(-1).bool()]
-            flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # (N, F + 1): a constant feature last
-            store[i] += (flat.t() @ flat).cpu()  # (F + 1, F + 1)
-
-        return hook
-
-    handles = []
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        for i, layer in enumerate(layers):
-            handles.append(get_submodule(layer, layout.o).register_forward_pre_hook(hook_for(o_moments, i)))
-            handles.append(get_submodule(layer, layout.down).register_forward_pre_hook(hook_for(down_moments, i)))
-        n = 0
-        with torch.no_grad():
-            for batch in tqdm(batches, desc="mask tuning", disable=not _is_main_process(), leave=False):
-                batch = _prepare(batch, device)
-                batch.pop("labels", None)
-                current.clear()
-                current.update(batch)
-                model(**batch)
-                n += 1
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    reduced = _all_reduce(o_moments + down_moments + [torch.tensor([float(n)], dtype=torch.float64)])
-    if reduced[-1].item() == 0:
-        raise ValueError("the calibration dataloader is empty: mask tuning needs at least one batch")
-    return reduced[: len(layers)], reduced[len(layers): 2 * len(layers)]
-
-
-def unit_gram(moment: torch.Tensor, weight: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
-    """Gram matrix <c_i, c_j> of per-unit contributions to a projection's output -> (units, units)."""
-    w = _as_out_in(weight.detach(), conv1d).double().cpu()  # (out, units * width)
-    full = moment * (w.t() @ w)  # (units * width, units * width)
-    width = full.shape[0] // units
-    return full.reshape(units, width, units, width).sum((1, 3))  # block sums
-
-
-def least_squares_scales(gram: torch.Tensor, keep: list[int], ridge: float = 1e-6) -> torch.Tensor:
-    """Scales s over the kept units minimising ||sum_kept s_i c_i - sum_all c_i||^2, given the units' Gram matrix."""
-    index = torch.as_tensor(keep, dtype=torch.long)
-    a = gram[index][:, index]  # (K, K)
-    b = gram[index].sum(1)  # (K,): <c_i, sum_j c_j>
-    scale = a.diagonal().mean().clamp_min(1e-30) * ridge
-    return torch.linalg.solve(a + scale * torch.eye(len(keep), dtype=a.dtype), b)
-
-
-def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: list[int],
-                        conv1d: bool, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ridge least-squares weights over the kept input features that best reproduce the dense projection.
-
-    moment: (F + 1, F + 1) second moment of the inputs augmented with a trailing constant 1. weight: the
-    dense projection (Linear (out, F) or Conv1D (F, out)); bias: its bias or None. keep: kept input features.
-    Returns the new weight (out, K) as (out, in) and the new bias (out,) (None when there is no bias).
-    """
-    features = torch.as_tensor(list(keep) + ([moment.shape[0] - 1] if bias is not None else []), dtype=torch.long)
-    w = _as_out_in(weight.detach(), conv1d).double().cpu()  # (out, F)
-    if bias is not None:
-        w = torch.cat([w, bias.detach().double().cpu()[:, None]], 1)  # (out, F + 1)
-        m = moment
-    else:
-        m = moment[:-1, :-1]  # (F, F)
-    a = m[features][:, features]  # (K', K')
-    b = m[features] @ w.t()  # (K', out): <kept feature, dense output>
-    scale = a.diagonal().mean().clamp_min(1e-30) * ridge if len(features) else 0.0
-    solution = torch.linalg.solve(a + scale * torch.eye(len(features), dtype=a.dtype), b).t()  # (out, K')
-    if bias is None:
-        return solution, None
-    return solution[:, :-1], solution[:, -1]
+from ..architecture.layouts import get_layers, get_layout, get_submodule
+from ..architecture.shapes import layer_shape
+from ..planning.plan import PruningPlan
+from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
+from .moments import calibration_moments
 
 
 def _write_projection(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> None:
@@ -142,18 +53,6 @@ def _scale_columns(module: nn.Module, scales: torch.Tensor, width: int, conv1d: 
         weight.data.mul_(per_column[:, None])
     else:  # (out, in)
         weight.data.mul_(per_column[None, :])
-
-
-def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torch.Tensor]],
-                        max_batches: int | None = None) -> tuple[list, list]:
-    """X^T X of every layer's output- and down-projection inputs on the calibration batches (dense model).
-
-    Compute once and reuse for several plans with `apply_mask_tuning` (the moments do not depend on the plan).
-    """
-    batches = dataloader
-    if max_batches is not None:
-        batches = (b for _, b in zip(range(max_batches), dataloader))
-    return _input_second_moments(model, get_layout(model), batches)
 
 
 RECONSTRUCT = ("scales", "weights")

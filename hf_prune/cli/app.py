@@ -86,8 +86,9 @@ class PruningArguments:
 
 def demo_args() -> list[str]:
     """The embedded default: real MiniLM, real movie-review sentences (seeded 80/20 split), 50% heads and FFN."""
-    from .assets import minilm_dir
-    from .glue_data import movie_review_files
+    from hf_prune_assets import minilm_dir
+
+    from .data import movie_review_files
 
     train, validation = movie_review_files(DEMO_DATA_DIR)
     return [
@@ -142,9 +143,9 @@ def _load_model(model_args, data, device):
     """Tokenizer and sequence-classification model; pruned checkpoints through load_pruned."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from .config_entry import ENTRY_KEY
-    from .layouts import get_layout
-    from .loading import load_pruned
+    from ..architecture.config_entry import ENTRY_KEY
+    from ..architecture.layouts import get_layout
+    from ..serialization.loading import load_pruned
 
     hub = {"revision": model_args.revision, "token": model_args.token}
     extra = {"num_labels": data.num_labels, "problem_type": "regression" if data.is_regression else None}
@@ -195,7 +196,7 @@ def _default_schedule(prune_args, training_args, n_train: int) -> tuple[int, int
 
 
 def _snapshot(model, seq_len: int) -> dict:
-    from .counting import count_flops, count_parameters
+    from ..architecture.counting import count_flops, count_parameters
     from .report import structure
 
     return {"parameters": count_parameters(model), "flops": count_flops(model, seq_len), "structure": structure(model)}
@@ -214,8 +215,8 @@ def _state_dict_bytes(model) -> int:
 
 def _quantized_summary(model, dense, evaluator, names, prune_args, data_args) -> dict:
     """Metric, size and CPU latency of dynamic int8 copies of the pruned and the dense model."""
-    from .latency import measure_latency
-    from .quantize import quantize_dynamic_int8
+    from ..deploy.latency import measure_latency
+    from ..deploy.quantize import quantize_dynamic_int8
 
     pruned_int8, dense_int8 = quantize_dynamic_int8(model), quantize_dynamic_int8(dense)
     metrics = evaluator(pruned_int8).evaluate()
@@ -235,18 +236,19 @@ def run(model_args, data_args, prune_args, training_args) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
-    from .atomic import atomic_directory
-    from .callback import HeadPruningCallback, resize_to_checkpoint
-    from .distillation import DistillationTrainer
-    from .glue_data import load_task_data, tokenize
-    from .importance import compute_importance
-    from .latency import measure_latency
-    from .mask_tuning import apply_mask_tuning, calibration_moments, tune_masks
+    from ..deploy.latency import measure_latency
+    from ..importance.compute import compute_importance
+    from ..planning.budgets import plan_from_flops, plan_from_sparsity
+    from ..recovery.mask_tuning import apply_mask_tuning, tune_masks
+    from ..recovery.moments import calibration_moments
+    from ..recovery.reselect import reselect_units
+    from ..serialization.atomic import atomic_directory
+    from ..training.callback import HeadPruningCallback, resize_to_checkpoint
+    from ..training.distillation import DistillationTrainer
+    from ..unstructured.magnitude import prune_unstructured, sparsity_report
+    from .data import load_task_data, tokenize
     from .metrics import TASK_METRICS
-    from .plan import plan_from_flops, plan_from_sparsity
     from .report import summary_table, write_heatmap, write_model_card, write_report
-    from .reselect import reselect_units
-    from .unstructured import prune_unstructured, sparsity_report
 
     timings, clock = {}, time.perf_counter()
     check_args(model_args, data_args, prune_args, training_args)

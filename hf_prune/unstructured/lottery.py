@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .unstructured import apply_masks, check_amount, prune_unstructured, zero_masks
+from .magnitude import apply_masks, check_amount, prune_unstructured, zero_masks
 
 
 def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:

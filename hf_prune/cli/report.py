@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .shapes import layer_shapes
+from ..architecture.shapes import layer_shapes
+from ..serialization.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def structure(model) -> dict:

@@ -15,10 +15,10 @@ import torch.nn as nn
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
-from .config_entry import read_config_entry
-from .layouts import get_layers, get_layout
-from .shapes import layer_shape, layer_shapes
-from .surgery import resize_to_shapes
+from ..architecture.config_entry import read_config_entry
+from ..architecture.layouts import get_layers, get_layout
+from ..architecture.shapes import layer_shape, layer_shapes
+from ..surgery.width import resize_to_shapes
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder", "proxies")
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .importance import ImportanceScores, _as_out_in
-from .layouts import get_layers, get_layout, get_submodule
-from .plan import PruningPlan
-from .shapes import layer_shape
+from ..architecture.layouts import get_layers, get_layout, get_submodule
+from ..architecture.shapes import layer_shape
+from ..importance.scores import ImportanceScores
+from ..planning.plan import PruningPlan
+from ..utils import as_out_in
 
 
-def _greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int]], families: list[int],
+def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int]], families: list[int],
                 quota: dict[int, int], ridge: float, block: int) -> list[tuple[list[int], float]]:
     """Greedy removal steps [(groups removed, OBS error of the step)], cheapest first, `quota[f]` from family `f`.
 
@@ -82,14 +83,14 @@ def _greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[in
     return steps
 
 
-def _removed(steps: list[tuple[list[int], float]]) -> list[int]:
+def removed_groups(steps: list[tuple[list[int], float]]) -> list[int]:
     return sorted(g for take, _ in steps for g in take)
 
 
 def _projection(layer, path, moment, conv1d):
     """(moment, weight (out, F')) of a projection; the constant feature is kept only when there is a bias."""
     proj = get_submodule(layer, path)
-    w = _as_out_in(proj.weight.detach(), conv1d).double().cpu()  # (out, F)
+    w = as_out_in(proj.weight.detach(), conv1d).double().cpu()  # (out, F)
     bias = getattr(proj, "bias", None)
     if bias is None:
         return moment[:-1, :-1], w
@@ -143,11 +144,11 @@ def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, lis
             quota: dict[int, int] = {}
             for h in plan.heads[i]:
                 quota[families[h]] = quota.get(families[h], 0) + 1
-            heads[i] = _removed(_greedy_obs(moment, w, groups, families, quota, ridge, 1))
+            heads[i] = removed_groups(greedy_obs(moment, w, groups, families, quota, ridge, 1))
         if plan.neurons.get(i):
             moment, w = _projection(layer, layout.down, down_moments[i], layout.conv1d)
             groups = [[n] for n in range(shape.ffn)]
-            neurons[i] = _removed(_greedy_obs(moment, w, groups, [0] * shape.ffn, {0: len(plan.neurons[i])}, ridge, block))
+            neurons[i] = removed_groups(greedy_obs(moment, w, groups, [0] * shape.ffn, {0: len(plan.neurons[i])}, ridge, block))
     metadata = dict(plan.metadata, reselected={"rule": "greedy OBS reconstruction error", "ridge": ridge,
                                                 "block": block})
     return PruningPlan(heads, neurons, metadata)
@@ -202,7 +203,7 @@ def reconstruction_scores(model: nn.Module, scores: ImportanceScores, moments: t
             groups = [list(range(u * width, (u + 1) * width)) for u in range(units)]
             plain = _uncompensated(m, w, groups).sum().item()
             factor = given.double().sum().item() / plain if plain > 0 else 0.0
-            steps = _greedy_obs(m, w, groups, [0] * units, {0: units}, ridge, 1 if width > 1 else block)
+            steps = greedy_obs(m, w, groups, [0] * units, {0: units}, ridge, 1 if width > 1 else block)
             out.append(_step_scores(steps, units, factor).float())
     return ImportanceScores(heads, neurons, [s.kv_heads for s in shapes], f"{scores.method}+reconstruction",
                             scores.num_batches)

@@ -27,15 +27,18 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .config_entry import ENTRY_KEY, dense_widths, read_config_entry, write_config_entry
-from .counting import count_flops, count_parameters, layer_flops
-from .gates import attach_gates
-from .importance import METHODS, ImportanceScores, _unit_sums, compute_importance
-from .layouts import get_layers, get_layout
-from .plan import plan_from_flops, plan_from_sparsity
-from .shapes import layer_shape, layer_shapes
-from .surgery import prune_model, resize_to_shapes
-from .unstructured import apply_masks, check_amount, prune_unstructured, sparsity_report, zero_masks
+from ..architecture.config_entry import ENTRY_KEY, dense_widths, read_config_entry, write_config_entry
+from ..architecture.counting import count_flops, count_parameters, layer_flops
+from ..architecture.gates import attach_gates
+from ..architecture.layouts import get_layers, get_layout
+from ..architecture.shapes import layer_shape, layer_shapes
+from ..importance.compute import compute_importance
+from ..importance.estimators import METHODS
+from ..importance.scores import ImportanceScores
+from ..importance.units import unit_sums
+from ..planning.budgets import plan_from_flops, plan_from_sparsity
+from ..surgery.width import prune_model, resize_to_shapes
+from ..unstructured.magnitude import apply_masks, check_amount, prune_unstructured, sparsity_report, zero_masks
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +293,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         if self.importance == "taylor":
             layout = get_layout(model)
             for i, layer in enumerate(get_layers(model, layout)):
-                heads, neurons = _unit_sums(layer, layout, layer_shape(layer, layout),
+                heads, neurons = unit_sums(layer, layout, layer_shape(layer, layout),
                                             lambda name, p: p.detach().float() * (p.grad if p.grad is not None else 0))
                 self.head_scores[i] = [a + float(b) for a, b in zip(self.head_scores[i], heads)]
                 self.neuron_scores[i] = [a + float(b) for a, b in zip(self.neuron_scores[i], neurons)]

@@ -1,12 +1,11 @@
 """GLUE metrics for `evaluate`, offline: accuracy, F1, Matthews correlation, Pearson and Spearman.
 
-Load with `evaluate.load(path_to_this_folder, config_name=task)`, or `hf_prune.metrics.load_glue_metric(task)`.
+Load with `evaluate.load(path_to_this_folder, config_name=task)`, or `hf_prune.cli.metrics.load_glue_metric(task)`.
 """
 
 import datasets
 import evaluate
-
-from hf_prune.metrics.core import TASK_METRICS, compute_metrics
+from hf_prune.cli.metrics.core import TASK_METRICS, compute_metrics
 
 _DESCRIPTION = "GLUE task metrics computed locally (hf_prune); config_name is the task, e.g. 'sst2' or 'stsb'."
 _KWARGS = "predictions: class ids (or floats for stsb/regression); references: the same."

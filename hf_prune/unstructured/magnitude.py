@@ -3,26 +3,19 @@
 Individual weights are set to zero; shapes do not change, so a dense checkpoint is as large as before
 and dense kernels are no faster. Embeddings, LayerNorms, biases and task heads are never touched.
 `prune_unstructured` makes the zeros permanent (`prune.remove`): no `weight_orig` / `weight_mask`
-and no forward pre-hooks are left behind. `save_sparse` / `load_sparse` store the pruned matrices
-compactly (CSR components) and rebuild an identical model.
+and no forward pre-hooks are left behind. `hf_prune.serialization.sparse` stores the pruned matrices
+compactly (CSR components) and rebuilds an identical model.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.utils.prune as prune
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_directory
-from .config_entry import read_config_entry
-from .layouts import get_layers, get_layout, get_submodule
+from ..architecture.layouts import get_layers, get_layout, get_submodule
 
 SCOPES = ("global", "layer")
 PROJECTIONS = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
@@ -184,111 +177,3 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
             weight = module.weight.detach()
             rows.append(ModuleSparsity(by_id[id(module)], i, projection, int((weight == 0).sum()), weight.numel()))
     return SparsityReport(rows)
-
-
-# ----------------------------------------------------------------------------- compact storage
-
-SPARSE_FORMAT = "hf_prune.sparse"
-SPARSE_FORMAT_VERSION = 1
-SPARSE_FILE = "sparse.safetensors"  # CSR components of the prunable matrices
-DENSE_FILE = "dense.safetensors"  # every other tensor of the state dict
-
-
-def _csr_parts(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """CSR components of a 2-D weight: row pointers (int32), column indices (int16 when they fit), values."""
-    matrix = weight.detach().cpu()  # (rows, cols); Conv1D weights are stored (in, out) and kept that way
-    kept = matrix != 0  # (rows, cols)
-    crow = torch.zeros(matrix.shape[0] + 1, dtype=torch.int64)  # (rows + 1,)
-    crow[1:] = kept.sum(dim=1).cumsum(0)
-    col_dtype = torch.int16 if matrix.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
-    cols = kept.nonzero()[:, 1]  # (nnz,), row-major like matrix[kept]
-    return {"crow": crow.to(torch.int32), "col": cols.to(col_dtype), "values": matrix[kept].contiguous()}
-
-
-def _from_csr(parts: dict[str, torch.Tensor], shape: list[int]) -> torch.Tensor:
-    """The dense (rows, cols) matrix back from `_csr_parts`."""
-    values = parts["values"]
-    matrix = torch.zeros(shape, dtype=values.dtype)  # (rows, cols)
-    per_row = parts["crow"].long().diff()  # (rows,)
-    rows = torch.repeat_interleave(torch.arange(shape[0]), per_row)  # (nnz,)
-    matrix[rows, parts["col"].long()] = values
-    return matrix
-
-
-def save_sparse(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False) -> dict[str, int]:
-    """Save `model` with its prunable matrices as CSR components; returns {file name: bytes}.
-
-    Writes config.json (it carries `hf_prune` shapes of a head-pruned model), `sparse.safetensors`
-    (per matrix: int32 row pointers, int16/int32 column indices, values in the weight's dtype) and
-    `dense.safetensors` (all other tensors; tied duplicates once). The folder is written atomically.
-    Smaller than a dense checkpoint only at high sparsity: each kept weight costs its value plus a
-    2-4 byte index (float32 at 50% zeros: ~25% smaller matrices; at 90%: ~85% smaller).
-    """
-    sparse_names = set(prunable_weight_names(model))
-    state = model.state_dict()
-    sparse, shapes = {}, {}
-    for name in sparse_names:
-        for part, tensor in _csr_parts(state[name]).items():
-            sparse[f"{name}.{part}"] = tensor
-        shapes[name] = list(state[name].shape)
-    dense, aliases, seen = {}, {}, {}
-    for name, tensor in state.items():
-        if name in sparse_names:
-            continue
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype) if tensor.numel() else None
-        if key is not None and key in seen:  # tied weights (e.g. an LM head sharing the embedding)
-            aliases[name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = name
-        dense[name] = tensor.detach().cpu().contiguous().clone()
-    metadata = {"format": SPARSE_FORMAT, "format_version": str(SPARSE_FORMAT_VERSION),
-                "model_class": type(model).__name__, "shapes": json.dumps(shapes), "aliases": json.dumps(aliases)}
-    with atomic_directory(folder, overwrite=overwrite) as tmp:
-        config = copy.deepcopy(model.config)
-        config.architectures = [type(model).__name__]
-        config.save_pretrained(tmp)
-        save_file(sparse, str(tmp / SPARSE_FILE), metadata=metadata)
-        save_file(dense, str(tmp / DENSE_FILE), metadata={"format": SPARSE_FORMAT})
-    return {p.name: p.stat().st_size for p in sorted(Path(folder).iterdir())}
-
-
-@torch.no_grad()
-def load_sparse(folder: str | os.PathLike, model_class=None) -> nn.Module:
-    """Rebuild the model `save_sparse` wrote (same class, shapes and weights), in eval mode.
-
-    model_class: a transformers Auto class or concrete class; default from config.architectures.
-    """
-    from safetensors import safe_open
-    from transformers import AutoConfig
-
-    from .loading import resolve_model_class
-    from .surgery import resize_to_shapes
-
-    folder = Path(folder)
-    with safe_open(str(folder / SPARSE_FILE), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get("format") != SPARSE_FORMAT:
-        raise ValueError(f"{folder / SPARSE_FILE} was not written by hf_prune.save_sparse")
-    if int(metadata.get("format_version", 0)) > SPARSE_FORMAT_VERSION:
-        raise ValueError(f"{folder} uses sparse format version {metadata['format_version']}: upgrade hf_prune")
-    config = AutoConfig.from_pretrained(folder)
-    model = resolve_model_class(config, model_class)(config)
-    entry = read_config_entry(config)
-    if entry is not None:  # head/neuron-pruned: shrink the skeleton to the recorded widths first
-        resize_to_shapes(model, entry["heads"], entry["kv_heads"], entry["ffn"])
-    parts = load_file(str(folder / SPARSE_FILE))
-    state = load_file(str(folder / DENSE_FILE))
-    for name, shape in json.loads(metadata["shapes"]).items():
-        state[name] = _from_csr({p: parts[f"{name}.{p}"] for p in ("crow", "col", "values")}, shape)
-    aliases = json.loads(metadata.get("aliases", "{}"))
-    result = model.load_state_dict(state, strict=False)
-    unexpected = list(result.unexpected_keys)
-    missing = [k for k in result.missing_keys if k not in aliases]
-    if missing or unexpected:
-        raise ValueError(f"{folder} does not match the model: missing {missing}, unexpected {unexpected}")
-    params = model.state_dict(keep_vars=True)
-    for name, source in aliases.items():  # tied in the saved model: make sure they are equal here too
-        if params[name].data_ptr() != params[source].data_ptr():
-            params[name].copy_(params[source])
-    return model.eval()

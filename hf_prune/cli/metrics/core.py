@@ -1,7 +1,7 @@
 """GLUE metrics in plain numpy (no scipy/sklearn), and `load_glue_metric`, which loads them through evaluate's API.
 
 `evaluate.load("glue", task)` fetches a script from the Hub; this package ships its own metric module
-(hf_prune/metrics/glue_offline/glue_offline.py) and loads it by path, so it works offline.
+(hf_prune/cli/metrics/glue_offline/glue_offline.py) and loads it by path, so it works offline.
 """
 
 from __future__ import annotations

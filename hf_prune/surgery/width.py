@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .config_entry import write_config_entry
-from .layouts import Layout, get_layers, get_layout, get_submodule
-from .shapes import LayerShape, layer_shape, layer_shapes
+from ..architecture.config_entry import write_config_entry
+from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
+from ..architecture.shapes import LayerShape, layer_shape, layer_shapes
 
 # ----------------------------------------------------------------------------- weight slicing
 

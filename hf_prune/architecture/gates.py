@@ -49,7 +49,7 @@ def _head_hook(gate: torch.Tensor, layer: int, head_dim: int, observer: Observer
         x4 = x.reshape(*x.shape[:-1], heads, head_dim)  # (B, T, heads, d)
         if observer is not None:
             observer("heads", layer, x4)
-        gated = (x4 * gate.to(x.dtype)[:, None]).reshape(x.shape)  # (B, T, heads * d)
+        gated = (x4 * gate.to(x.device, x.dtype)[:, None]).reshape(x.shape)  # (B, T, heads * d)
         return (gated, *args[1:])
 
     return hook
@@ -60,7 +60,7 @@ def _neuron_hook(gate: torch.Tensor, layer: int, observer: Observer | None):
         x = args[0]  # (B, T, ffn)
         if observer is not None:
             observer("neurons", layer, x)
-        return (x * gate.to(x.dtype), *args[1:])
+        return (x * gate.to(x.device, x.dtype), *args[1:])
 
     return hook
 
@@ -79,20 +79,19 @@ def attach_gates(
     `.grad` is dL/dg after a backward pass. The hooks are removed on exit, even after an exception.
     """
     layout = get_layout(model)
-    device = next(model.parameters()).device
     gates = Gates(heads=[], neurons=[])
     try:
         for i, layer in enumerate(get_layers(model, layout)):
             shape = layer_shape(layer, layout)
-            head_gate = torch.ones(shape.heads, device=device, requires_grad=requires_grad)
-            neuron_gate = torch.ones(shape.ffn, device=device, requires_grad=requires_grad)
+            o, down = get_submodule(layer, layout.o), get_submodule(layer, layout.down)
+            # each gate lives with its projection, so models spread over devices (device_map) work
+            head_gate = torch.ones(shape.heads, device=o.weight.device, requires_grad=requires_grad)
+            neuron_gate = torch.ones(shape.ffn, device=down.weight.device, requires_grad=requires_grad)
             gates.heads.append(head_gate)
             gates.neurons.append(neuron_gate)
             if heads:
-                o = get_submodule(layer, layout.o)
                 gates.handles.append(o.register_forward_pre_hook(_head_hook(head_gate, i, shape.head_dim, observer)))
             if neurons:
-                down = get_submodule(layer, layout.down)
                 gates.handles.append(down.register_forward_pre_hook(_neuron_hook(neuron_gate, i, observer)))
         yield gates
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from .atomic import atomic_write_text
+from ..serialization.atomic import atomic_write_text
 
 GLUE_TASKS = {  # task -> (first text column, second text column or None, number of labels; 1 = regression)
     "cola": ("sentence", None, 2),
@@ -164,7 +164,7 @@ def movie_review_files(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
     import csv
     import io
 
-    from .assets import movie_reviews
+    from hf_prune_assets import movie_reviews
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

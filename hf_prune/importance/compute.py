@@ -1,0 +1,63 @@
+"""`compute_importance`: score every attention head and FFN neuron with one of the registered estimators.
+
+The estimators and their definitions are in `hf_prune.importance.estimators`. The loss is the model's own
+loss from the batch's labels; with ``label_free=True`` the targets are the model's own predictions: argmax
+of the logits for sequence classification, the next input token for causal LMs (padding ignored). Scoring
+leaves the model as it was (hooks, grads, requires_grad, modes).
+
+Under torch.distributed (torchrun, accelerate) every process scores its own shard of the data and the
+raw sums are all-reduced, so every process ends with identical scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..architecture.layouts import get_layers, get_layout
+from ..architecture.shapes import layer_shape
+from ..utils import take
+from .estimators import ESTIMATORS, METHODS, ScoringRun
+from .scores import ImportanceScores
+
+
+def compute_importance(
+    model: nn.Module,
+    dataloader: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    method: str = "fisher",
+    *,
+    label_free: bool = False,
+    normalize_heads: bool = False,
+    max_batches: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ImportanceScores:
+    """Score every current head and FFN neuron of a supported model (methods in `hf_prune.importance.estimators`).
+
+    dataloader: batches as dicts of tensors (input_ids, attention_mask, token_type_ids, labels); needed
+    by gradient, fisher, taylor and activation. label_free: use the model's own predictions as targets.
+    normalize_heads: divide each layer's head scores by their L2 norm (Michel et al.). max_batches: stop
+    after this many batches (per process). seed: for `random`. progress: show a tqdm bar (main process only).
+    """
+    estimator = ESTIMATORS.get(method)
+    if estimator is None:
+        raise ValueError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
+    layout = get_layout(model)
+    shapes = [layer_shape(layer, layout) for layer in get_layers(model, layout)]
+    if estimator.needs_data and dataloader is None:
+        raise ValueError(f"method {method!r} needs a dataloader of batches")
+    batches = take(dataloader, max_batches) if dataloader is not None else None
+    run = ScoringRun(model, layout, shapes, batches, method, label_free=label_free, seed=seed, progress=progress)
+    result = estimator.function(run)
+    heads = result.heads
+    if normalize_heads:
+        heads = [h / (h.norm() + 1e-20) for h in heads]
+    return ImportanceScores(
+        heads=[h.float() for h in heads],
+        neurons=[x.float() for x in result.neurons],
+        kv_heads=[s.kv_heads for s in shapes],
+        method=method,
+        num_batches=result.num_batches,
+    )

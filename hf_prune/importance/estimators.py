@@ -1,0 +1,263 @@
+"""The importance estimators, one function each, and the registry that `compute_importance` dispatches on.
+
+Every estimator takes a `ScoringRun` and returns `Scores(heads, neurons, num_batches)`: final per-unit
+scores of every layer (float64, on CPU), already summed over all processes under torch.distributed.
+A new estimator is one function here and one line in `ESTIMATORS`.
+
+- ``gradient``: mean over batches of |dL/dg| for a gate g multiplying the unit's output (Michel et al. 2019).
+- ``fisher``: sum over batches of (dL/dg)^2 (Kwon et al. 2022).
+- ``taylor``: |sum over the unit's weights of w * dL/dw| with dL/dw summed over all batches (first-order
+  Taylor, as TextPruner).
+- ``l1`` / ``l2``: L1 / L2 norm of the unit's weights (no data needed).
+- ``activation``: mean over (non-padding) tokens of the unit's output magnitude: the L2 norm of the head's
+  context vector (its ``head_dim`` slice of the output projection's input), or |activation| of the neuron.
+- ``random``: uniform random scores from a seeded generator (a baseline; no data needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..architecture.gates import attach_gates
+from ..architecture.layouts import Layout, get_layers
+from ..architecture.shapes import LayerShape
+from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch
+from .units import unit_parameters, unit_sums
+
+
+@dataclass
+class ScoringRun:
+    """What an estimator may use: the model, its layout and current shapes, the batches and the options."""
+
+    model: nn.Module
+    layout: Layout
+    shapes: list[LayerShape]
+    batches: Iterable | None
+    method: str
+    label_free: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    def iterate(self) -> Iterable[dict]:
+        """The batches on the model's input device, behind a progress bar on the main process."""
+        device = input_device(self.model)
+        bar = tqdm(self.batches, desc=f"importance ({self.method})", leave=False,
+                   disable=not (self.progress and is_main_process()))
+        for batch in bar:
+            yield prepare_batch(batch, device)
+
+
+@dataclass
+class Scores:
+    heads: list[torch.Tensor]
+    neurons: list[torch.Tensor]
+    num_batches: int = 0
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """An importance method: its function, whether it needs batches, whether it uses gradients."""
+
+    function: Callable[[ScoringRun], Scores]
+    needs_data: bool
+    gradient: bool = False  # from the loss's gradients (the callback can accumulate them from training steps)
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def model_loss(model: nn.Module, batch: dict, label_free: bool) -> torch.Tensor:
+    """The model's loss on the batch's labels, or on its own predictions when `label_free`."""
+    if not label_free:
+        if batch.get("labels") is None:
+            raise ValueError(
+                "a gradient method needs a loss: the batch has no `labels`. Add labels, or pass label_free=True "
+                "to use the model's own predictions as targets"
+            )
+        loss = model(**batch).loss
+        if loss is None:
+            raise ValueError("the model returned no loss for a batch with labels")
+        return loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    if logits.dim() == 3:  # causal LM: (B, T, V); predict token t+1 from tokens <= t
+        labels = inputs["input_ids"].to(logits.device)
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            labels = labels.masked_fill(mask.to(logits.device) == 0, -100)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    if logits.shape[-1] < 2:
+        raise ValueError("label_free=True needs a classifier with at least 2 labels (regression has no own prediction)")
+    return F.cross_entropy(logits.float(), logits.detach().argmax(-1))  # (B, C) against its own argmax
+
+
+@contextmanager
+def _frozen_except(model: nn.Module, trainable: list[nn.Parameter]) -> Iterator[None]:
+    """Eval mode; only `trainable` parameters require grad, grads cleared; everything restored on exit."""
+    keep = {id(p) for p in trainable}
+    saved = {p: (p.requires_grad, p.grad) for p in model.parameters()}
+    with eval_mode(model):
+        try:
+            for p in model.parameters():
+                p.requires_grad_(id(p) in keep)
+                p.grad = None
+            yield
+        finally:
+            for p, (flag, grad) in saved.items():
+                p.requires_grad_(flag)
+                p.grad = grad
+
+
+def _zeros(shapes: list[LayerShape], kind: str) -> list[torch.Tensor]:
+    return [torch.zeros(s.heads if kind == "heads" else s.ffn, dtype=torch.float64) for s in shapes]
+
+
+def _on_host(sums: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [s.double().cpu() for s in sums]
+
+
+def _reduced(heads: list[torch.Tensor], neurons: list[torch.Tensor], extra: list[torch.Tensor], n_batches: int):
+    """All-reduce the raw sums (one collective), then check that some process saw a batch."""
+    n = len(heads)
+    out = all_reduce(heads + neurons + extra + [torch.tensor([float(n_batches)], dtype=torch.float64)])
+    total = int(out[-1].item())
+    if total == 0:
+        raise ValueError("the dataloader is empty: importance needs at least one batch")
+    return out[:n], out[n:2 * n], out[2 * n:-1], total
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def _gate_gradients(run: ScoringRun, transform: Callable[[torch.Tensor], torch.Tensor]):
+    """Sum over batches of transform(dL/dg) for every gate; sums stay on each gate's device until the end."""
+    n_batches = 0
+    with _frozen_except(run.model, []), attach_gates(run.model, requires_grad=True) as gates:
+        wrt = gates.heads + gates.neurons
+        sums = [torch.zeros_like(g, dtype=torch.float64 if g.device.type != "mps" else torch.float32) for g in wrt]
+        for batch in run.iterate():
+            grads = torch.autograd.grad(model_loss(run.model, batch, run.label_free), wrt, allow_unused=True)
+            for total, g in zip(sums, grads):
+                if g is not None:
+                    total += transform(g.to(total.dtype))
+            n_batches += 1
+    n = len(gates.heads)
+    return _reduced(_on_host(sums[:n]), _on_host(sums[n:]), [], n_batches)
+
+
+def gradient_scores(run: ScoringRun) -> Scores:
+    heads, neurons, _, n = _gate_gradients(run, torch.abs)
+    return Scores([h / n for h in heads], [x / n for x in neurons], n)
+
+
+def fisher_scores(run: ScoringRun) -> Scores:
+    heads, neurons, _, n = _gate_gradients(run, torch.square)
+    return Scores(heads, neurons, n)
+
+
+def taylor_scores(run: ScoringRun) -> Scores:
+    layers = get_layers(run.model, run.layout)
+    params = [p for layer in layers for group in unit_parameters(layer, run.layout).values() for _, p in group]
+    grads = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}  # dL/dw summed over batches
+    n_batches = 0
+    with _frozen_except(run.model, params):
+        for batch in run.iterate():
+            step = torch.autograd.grad(model_loss(run.model, batch, run.label_free), params, allow_unused=True)
+            for p, g in zip(params, step):
+                if g is not None:
+                    grads[id(p)] += g.float()
+            n_batches += 1
+    heads, neurons = [], []
+    for layer, shape in zip(layers, run.shapes):  # signed per-unit sums of w * dL/dw; abs after the all-reduce
+        h, x = unit_sums(layer, run.layout, shape, lambda name, p: p.detach().float() * grads[id(p)])
+        heads.append(h)
+        neurons.append(x)
+    heads, neurons, _, n = _reduced(heads, neurons, [], n_batches)
+    return Scores([h.abs() for h in heads], [x.abs() for x in neurons], n)
+
+
+def _token_mask(batch: dict, lead: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """Float mask of real tokens shaped `lead`: (B, T), or (B*T,) where a block flattens tokens (OPT's FFN)."""
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or mask.numel() != lead.numel():
+        return like.new_ones(lead, dtype=torch.float32)
+    return mask.reshape(lead).to(like.device, torch.float32)
+
+
+def activation_scores(run: ScoringRun) -> Scores:
+    sums = {"heads": [None] * len(run.shapes), "neurons": [None] * len(run.shapes)}
+    tokens = {"heads": [None] * len(run.shapes), "neurons": [None] * len(run.shapes)}
+    current: dict = {}
+
+    def observe(kind: str, i: int, x: torch.Tensor) -> None:
+        # heads: (B, T, heads, d) -> (B, T, heads); neurons: (B, T, ffn) or (B*T, ffn)
+        magnitude = x.float().norm(dim=-1) if kind == "heads" else x.float().abs()
+        mask = _token_mask(current, magnitude.shape[:-1], magnitude)  # (B, T) or (B*T,)
+        total = (magnitude * mask[..., None]).flatten(0, -2).sum(0).double()  # (units,), on the layer's device
+        count = mask.sum().double()
+        sums[kind][i] = total if sums[kind][i] is None else sums[kind][i] + total
+        tokens[kind][i] = count if tokens[kind][i] is None else tokens[kind][i] + count
+
+    n_batches = 0
+    with eval_mode(run.model), torch.no_grad(), attach_gates(run.model, requires_grad=False, observer=observe):
+        for batch in run.iterate():
+            current.clear()
+            current.update(batch)
+            run.model(**{k: v for k, v in batch.items() if k != "labels"})
+            n_batches += 1
+
+    def host(values: list, sizes: list[torch.Tensor]) -> list[torch.Tensor]:  # a layer never observed sums to 0
+        return [v.double().cpu() if v is not None else zero.clone() for v, zero in zip(values, sizes)]
+
+    raw_heads = host(sums["heads"], _zeros(run.shapes, "heads"))
+    raw_neurons = host(sums["neurons"], _zeros(run.shapes, "neurons"))
+    scalar = [torch.zeros((), dtype=torch.float64)] * len(run.shapes)
+    counts = torch.stack([torch.stack(host(tokens[kind], scalar)) for kind in ("heads", "neurons")])  # (2, layers)
+    heads, neurons, (counts,), n = _reduced(raw_heads, raw_neurons, [counts], n_batches)
+    return Scores([h / counts[0, i].clamp_min(1) for i, h in enumerate(heads)],
+                  [x / counts[1, i].clamp_min(1) for i, x in enumerate(neurons)], n)
+
+
+def _norm_scores(run: ScoringRun, power: int) -> Scores:
+    heads, neurons = [], []
+    for layer, shape in zip(get_layers(run.model, run.layout), run.shapes):
+        h, x = unit_sums(layer, run.layout, shape, lambda name, p: p.detach().double().abs() ** power)
+        heads.append(h if power == 1 else h.sqrt())
+        neurons.append(x if power == 1 else x.sqrt())
+    return Scores(heads, neurons)
+
+
+def l1_scores(run: ScoringRun) -> Scores:
+    return _norm_scores(run, 1)
+
+
+def l2_scores(run: ScoringRun) -> Scores:
+    return _norm_scores(run, 2)
+
+
+def random_scores(run: ScoringRun) -> Scores:
+    gen = torch.Generator().manual_seed(run.seed)
+    heads = [torch.rand(s.heads, generator=gen, dtype=torch.float64) for s in run.shapes]
+    neurons = [torch.rand(s.ffn, generator=gen, dtype=torch.float64) for s in run.shapes]
+    return Scores(heads, neurons)
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "gradient": Estimator(gradient_scores, needs_data=True, gradient=True),
+    "fisher": Estimator(fisher_scores, needs_data=True, gradient=True),
+    "taylor": Estimator(taylor_scores, needs_data=True, gradient=True),
+    "l1": Estimator(l1_scores, needs_data=False),
+    "l2": Estimator(l2_scores, needs_data=False),
+    "activation": Estimator(activation_scores, needs_data=True),
+    "random": Estimator(random_scores, needs_data=False),
+}
+METHODS = tuple(ESTIMATORS)
+GRADIENT_METHODS = tuple(name for name, e in ESTIMATORS.items() if e.gradient)
+DATA_METHODS = tuple(name for name, e in ESTIMATORS.items() if e.needs_data)

@@ -1,0 +1,83 @@
+"""`PruningPlan`: what to remove per layer, in exactly the form `prune_model` takes, plus metadata; JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..architecture.shapes import layer_shapes
+from ..serialization.atomic import atomic_write_text
+from ..surgery.width import prune_model
+
+
+def _int_keys(mapping) -> dict[int, list[int]]:
+    return {int(k): sorted(int(i) for i in v) for k, v in sorted(mapping.items(), key=lambda kv: int(kv[0])) if len(v)}
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What to remove: {layer: [query head indices]} and {layer: [FFN neuron indices]}, plus metadata."""
+
+    heads: dict[int, list[int]] = field(default_factory=dict)
+    neurons: dict[int, list[int]] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "heads", _int_keys(self.heads))
+        object.__setattr__(self, "neurons", _int_keys(self.neurons))
+
+    def to_dict(self) -> dict:
+        return {
+            "heads": {str(k): v for k, v in self.heads.items()},
+            "neurons": {str(k): v for k, v in self.neurons.items()},
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PruningPlan:
+        if not isinstance(data, dict) or not {"heads", "neurons"} <= set(data):
+            raise ValueError("a pruning plan is a dict with keys 'heads' and 'neurons' (and optional 'metadata')")
+        return cls(data["heads"], data["neurons"], data.get("metadata", {}))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON to a temp file next to `path`, then os.replace it into place."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        with open(path) as handle:
+            return cls.from_json(handle.read())
+
+    def kept_widths(self) -> dict[str, list[int]]:
+        """Query heads and FFN neurons each layer keeps (needs the `shapes` metadata)."""
+        shapes = self.metadata["shapes"]
+        return {
+            "heads": [h - len(self.heads.get(i, [])) for i, h in enumerate(shapes["heads"])],
+            "ffn": [f - len(self.neurons.get(i, [])) for i, f in enumerate(shapes["ffn"])],
+        }
+
+    def check_model(self, model: nn.Module) -> None:
+        """ValueError unless the model has the widths this plan was made for (when recorded)."""
+        shapes = self.metadata.get("shapes")
+        if shapes is None:
+            return
+        current = layer_shapes(model)
+        have = {"heads": [s.heads for s in current], "ffn": [s.ffn for s in current]}
+        for key in ("heads", "ffn"):
+            if have[key] != list(shapes[key]):
+                raise ValueError(f"the plan was made for {key} widths {shapes[key]}, but the model has {have[key]}")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Check the model's widths, then `prune_model(model, heads=..., neurons=...)`."""
+        self.check_model(model)
+        return prune_model(model, heads=self.heads, neurons=self.neurons)

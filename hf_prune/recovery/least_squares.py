@@ -1,0 +1,48 @@
+"""Least-squares solves of recovery: unit Gram matrices, per-unit scales and re-solved projection weights."""
+
+from __future__ import annotations
+
+import torch
+
+from ..utils import as_out_in
+
+
+def unit_gram(moment: torch.Tensor, weight: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
+    """Gram matrix <c_i, c_j> of per-unit contributions to a projection's output -> (units, units)."""
+    w = as_out_in(weight.detach(), conv1d).double().cpu()  # (out, units * width)
+    full = moment * (w.t() @ w)  # (units * width, units * width)
+    width = full.shape[0] // units
+    return full.reshape(units, width, units, width).sum((1, 3))  # block sums
+
+
+def least_squares_scales(gram: torch.Tensor, keep: list[int], ridge: float = 1e-6) -> torch.Tensor:
+    """Scales s over the kept units minimising ||sum_kept s_i c_i - sum_all c_i||^2, given the units' Gram matrix."""
+    index = torch.as_tensor(keep, dtype=torch.long)
+    a = gram[index][:, index]  # (K, K)
+    b = gram[index].sum(1)  # (K,): <c_i, sum_j c_j>
+    scale = a.diagonal().mean().clamp_min(1e-30) * ridge
+    return torch.linalg.solve(a + scale * torch.eye(len(keep), dtype=a.dtype), b)
+
+
+def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: list[int],
+                        conv1d: bool, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ridge least-squares weights over the kept input features that best reproduce the dense projection.
+
+    moment: (F + 1, F + 1) second moment of the inputs augmented with a trailing constant 1. weight: the
+    dense projection (Linear (out, F) or Conv1D (F, out)); bias: its bias or None. keep: kept input features.
+    Returns the new weight (out, K) as (out, in) and the new bias (out,) (None when there is no bias).
+    """
+    features = torch.as_tensor(list(keep) + ([moment.shape[0] - 1] if bias is not None else []), dtype=torch.long)
+    w = as_out_in(weight.detach(), conv1d).double().cpu()  # (out, F)
+    if bias is not None:
+        w = torch.cat([w, bias.detach().double().cpu()[:, None]], 1)  # (out, F + 1)
+        m = moment
+    else:
+        m = moment[:-1, :-1]  # (F, F)
+    a = m[features][:, features]  # (K', K')
+    b = m[features] @ w.t()  # (K', out): <kept feature, dense output>
+    scale = a.diagonal().mean().clamp_min(1e-30) * ridge if len(features) else 0.0
+    solution = torch.linalg.solve(a + scale * torch.eye(len(features), dtype=a.dtype), b).t()  # (out, K')
+    if bias is None:
+        return solution, None
+    return solution[:, :-1], solution[:, -1]

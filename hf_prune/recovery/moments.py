@@ -1,0 +1,73 @@
+"""Calibration statistics: second moments of the inputs of every layer's output and down projections.
+
+With X a projection's inputs over the calibration tokens (padding excluded), the moment is
+[X 1]^T [X 1] (float64, (F + 1, F + 1), a constant feature last), so a bias can be solved for too.
+Both recovery (`mask_tuning`) and re-selection (`reselect`) work from these statistics alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
+from ..architecture.shapes import layer_shape
+from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
+
+
+def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -> tuple[list, list]:
+    """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens."""
+    layers = get_layers(model, layout)
+    device = input_device(model)
+    shapes = [layer_shape(layer, layout) for layer in layers]
+    o_moments = [torch.zeros(s.heads * s.head_dim + 1, s.heads * s.head_dim + 1, dtype=torch.float64) for s in shapes]
+    down_moments = [torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
+    current: dict = {}
+
+    def hook_for(store: list, i: int):
+        def hook(module, args):
+            x = args[0].detach()
+            flat = x.reshape(-1, x.shape[-1]).double()  # (B*T, F)
+            mask = current.get("attention_mask")
+            if mask is not None and mask.numel() == flat.shape[0]:
+                flat = flat[mask.reshape(-1).to(flat.device).bool()]  # (N, F): real tokens only
+            flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # (N, F + 1): a constant feature last
+            store[i] += (flat.t() @ flat).cpu()  # (F + 1, F + 1)
+
+        return hook
+
+    handles = []
+    n = 0
+    try:
+        for i, layer in enumerate(layers):
+            handles.append(get_submodule(layer, layout.o).register_forward_pre_hook(hook_for(o_moments, i)))
+            handles.append(get_submodule(layer, layout.down).register_forward_pre_hook(hook_for(down_moments, i)))
+        with eval_mode(model), torch.no_grad():
+            for batch in tqdm(batches, desc="calibration statistics", disable=not is_main_process(), leave=False):
+                batch = prepare_batch(batch, device)
+                batch.pop("labels", None)
+                current.clear()
+                current.update(batch)
+                model(**batch)
+                n += 1
+    finally:
+        for h in handles:
+            h.remove()
+    reduced = all_reduce(o_moments + down_moments + [torch.tensor([float(n)], dtype=torch.float64)])
+    if reduced[-1].item() == 0:
+        raise ValueError("the calibration dataloader is empty: recovery needs at least one batch")
+    return reduced[: len(layers)], reduced[len(layers): 2 * len(layers)]
+
+
+def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torch.Tensor]],
+                        max_batches: int | None = None) -> tuple[list, list]:
+    """[X 1]^T [X 1] of every layer's output- and down-projection inputs on the calibration batches (dense model).
+
+    Returns (o_moments, down_moments), one (F + 1, F + 1) float64 matrix per layer. Compute once and reuse
+    for several plans with `apply_mask_tuning` and `reselect_units` (the moments do not depend on the plan).
+    This holds every layer's statistics at once.
+    """
+    return _input_second_moments(model, get_layout(model), take(dataloader, max_batches))
