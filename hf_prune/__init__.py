@@ -20,6 +20,7 @@ from .serialization.saving import save_pruned
 from .serialization.sparse import load_sparse, save_sparse
 from .surgery.width import prune_model
 from .training.callback import HeadPruningCallback, resize_to_checkpoint
+from .training.config import PruningConfig
 from .training.distillation import DistillationTrainer, distillation_loss
 from .unstructured.lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weights
 from .unstructured.magnitude import SparsityReport, prune_unstructured, sparsity_report
@@ -46,6 +47,7 @@ __all__ = [
     "LatencyStats",
     "LayerShape",
     "Layout",
+    "PruningConfig",
     "PruningPlan",
     "attach_gates",
     "compute_importance",
