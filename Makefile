@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo quick-demo test lint bench clean
+.PHONY: install demo quick-demo test lint bench tables clean
 
 # The stamp is rebuilt when the pins change; torch is pinned first so that nothing pulls a CUDA build.
 $(VENV)/.installed: requirements.txt requirements-assets.txt pyproject.toml
@@ -34,6 +34,10 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_speed.py
+
+# Regenerate every table of benchmarks/RESULTS.md and the README's summary from benchmarks/results/*.json.
+tables: install
+	$(PY) benchmarks/make_tables.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from batching import batches, eval_batches  # noqa: E402
+from provenance import minilm_label  # noqa: E402  (benchmarks/provenance.py)
 
 from hf_prune import (  # noqa: E402
     DistillationTrainer,
@@ -390,7 +391,7 @@ def main(argv=None):
         atomic_write_json(args.results / "accuracy.json", {
             "rows": rows,
             "setup": {
-                "model": str(minilm_dir()), "dense_fine_tuning": f"1 epoch, batch 32, AdamW lr {args.dense_lr}",
+                "model": minilm_label(), "dense_fine_tuning": f"1 epoch, batch 32, AdamW lr {args.dense_lr}",
                 "train_sentences": len(train), "validation_sentences": len(val), "max_seq_length": SEQ_LEN,
                 "flops": "hf_prune.count_flops (transformer layers) at seq_len 64",
                 "calibration": f"{args.slices} disjoint slices of {args.calib_size} training sentences (variants +calN: N)",

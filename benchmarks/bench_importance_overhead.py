@@ -2,6 +2,9 @@
 
 Run:  .venv/bin/python benchmarks/bench_importance_overhead.py [--batches 4 --batch-size 8 --seq 64 --repeats 5]
 
+Writes benchmarks/results/importance_overhead.json (`--out`): the medians, every timing, the CPU that other
+processes used during the timed rounds, the command and the machine.
+
 Both sides see the same batches of real movie-review sentences, in eval mode (dropout off), in one
 process; runs alternate (baseline, gradient, fisher, taylor, baseline, ...) and medians are reported.
 The baseline is `model(**batch).loss.backward()` with every parameter requiring grad, which is what a
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -22,6 +27,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import hf_prune_assets as assets
 from hf_prune.architecture.gates import attach_gates
 from hf_prune.importance import compute_importance
+from hf_prune.serialization.atomic import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import OtherLoad, command_line, machine_info, minilm_label, now_utc  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "importance_overhead.json"
+TARGET = 1.15  # gradient scoring / forward+backward
 
 
 def make_batches(n: int, batch_size: int, seq: int) -> list[dict]:
@@ -58,14 +70,15 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -81,9 +94,10 @@ def main() -> None:
     for fn in runs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn))
+    with OtherLoad() as load:
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                times[name].append(timed(fn))
 
     base = statistics.median(times["forward+backward"])
     print(f"MiniLM-L6 (real weights), {args.batches} batches x {args.batch_size} x {args.seq} tokens, "
@@ -93,8 +107,27 @@ def main() -> None:
         median = statistics.median(values)
         print(f"{name:<18} {median:9.3f} {median / base:7.3f}")
     ratio = statistics.median(times["gradient"]) / base
-    print(f"gradient scoring / forward+backward = {ratio:.3f} (target <= 1.15): {'PASS' if ratio <= 1.15 else 'FAIL'}")
+    print(f"gradient scoring / forward+backward = {ratio:.3f} (target <= {TARGET}): "
+          f"{'PASS' if ratio <= TARGET else 'FAIL'}")
+    if load.cores is not None:
+        print(f"other processes used {load.cores:.2f} cores during the timed rounds")
+    result = {
+        "benchmark": "bench_importance_overhead",
+        "date": now_utc(),
+        "command": command_line("benchmarks/bench_importance_overhead.py", argv),
+        "model": minilm_label() + ", AutoModelForSequenceClassification num_labels=2, eval mode",
+        "batches": args.batches, "batch_size": args.batch_size, "seq_len": args.seq, "repeats": args.repeats,
+        "threads": args.threads,
+        "rows": [{"run": name, "median_s": statistics.median(values), "ratio": statistics.median(values) / base,
+                  "times_s": values} for name, values in times.items()],
+        "gradient_ratio": ratio, "target": TARGET, "pass": ratio <= TARGET,
+        "other_load_cores": load.cores,  # CPU used by other processes during the timed rounds
+        "machine": machine_info(args.threads),
+    }
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

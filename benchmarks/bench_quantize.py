@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from lottery_ticket import batch_at, fresh_model, load_data, machine, train
+from provenance import command_line, repo_relative  # benchmarks/provenance.py
 from safetensors.torch import save_file
 
 from hf_prune.architecture.counting import count_parameters
@@ -121,7 +122,8 @@ def main() -> None:
     for row in rows:
         print(f"{row['model']:<18} {row['size_bytes'] / 1e6:>8.1f} {row['latency_ms']:>11.1f} {row['accuracy']:>9.4f} "
               f"{row['agreement_with_fp32']:>6.3f}")
-    result = {"args": vars(args), "rows": rows, "wall_s": time.perf_counter() - started, "machine": machine()}
+    result = {"command": command_line("benchmarks/bench_quantize.py"), "args": {**vars(args), "out": repo_relative(args.out)},
+              "rows": rows, "wall_s": time.perf_counter() - started, "machine": machine()}
     atomic_write_json(args.out, result)
     print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
 

@@ -40,6 +40,9 @@ from hf_prune.deploy.latency import measure_latency
 from hf_prune.serialization.atomic import atomic_write_json
 from hf_prune.surgery.width import prune_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import command_line  # noqa: E402  (benchmarks/provenance.py)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
 TARGET_SHARE = 0.95
 REQUIRED = (0.5, 8)  # (sparsity, batch size) that the requirement is about
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
         "benchmark": "bench_speed",
         "mode": "full" if args.full else "required",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("benchmarks/bench_speed.py", argv),
         "target_share": TARGET_SHARE,
         "machine": machine,
         "rows": rows,

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import command_line, repo_relative  # benchmarks/provenance.py
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -133,8 +134,8 @@ def main() -> None:
         print(f"round {r}: sparsity {row['sparsity']:.3f}  ticket {row['ticket']:.4f}  random {row['random']:.4f}")
     report = sparsity_report(model)
     print(report)
-    result = {"args": vars(args), "rows": rows, "final_per_layer": report.per_layer(),
-              "wall_s": time.perf_counter() - started, "machine": machine()}
+    result = {"command": command_line("benchmarks/lottery_ticket.py"), "args": {**vars(args), "out": repo_relative(args.out)},
+              "rows": rows, "final_per_layer": report.per_layer(), "wall_s": time.perf_counter() - started, "machine": machine()}
     atomic_write_json(args.out, result)
     print(f"wrote {args.out} ({result['wall_s']:.0f} s)")
 

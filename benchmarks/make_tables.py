@@ -1,56 +1,294 @@
-"""Markdown tables for RESULTS.md from benchmarks/results/{accuracy,perplexity}.json.
+"""Regenerate every table of benchmarks/RESULTS.md and README's "Results at a glance" from benchmarks/results/*.json.
 
-    .venv/bin/python benchmarks/make_tables.py
+    .venv/bin/python benchmarks/make_tables.py           # rewrite the generated regions in place
+    .venv/bin/python benchmarks/make_tables.py --check   # exit 1 (and print a diff) if a region is out of date
+    .venv/bin/python benchmarks/make_tables.py --print   # print every region, write nothing
+
+Only the text between
+
+    <!-- begin generated: NAME -->
+    <!-- end generated: NAME -->
+
+is rewritten; the prose around it is written by hand. Every region comes from one function below, which
+reads only JSON files in benchmarks/results/ (each written by the benchmark command it names), so a
+number edited by hand inside a region is put back by the next run and fails tests/test_results_tables.py.
+Running this twice changes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+RESULTS_MD = HERE / "RESULTS.md"
+README_MD = ROOT / "README.md"
+
+REGION = re.compile(r"(<!-- begin generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
+                    re.DOTALL)
 
 
-def accuracy_tables() -> str:
-    rows = json.loads((RESULTS / "accuracy.json").read_text())["rows"]
-    out = []
-    for mode in ("retrain-free", "fine-tuned"):
-        mine = [r for r in rows if r["mode"] == mode and not r.get("source")]
-        budgets = sorted({r["flops_reduction"] for r in mine})
-        out.append(f"| method ({mode}) | " + " | ".join(f"-{b:.0%}" for b in budgets) + " |")
-        out.append("|---" * (len(budgets) + 1) + "|")
-        for method in sorted({r["method"] for r in mine}, key=lambda m: ("+weights" not in m, m)):
-            cells = []
-            for b in budgets:
-                hit = [r for r in mine if r["method"] == method and r["flops_reduction"] == b]
-                cells.append(f"{hit[0]['metric']:.4f} ± {hit[0]['metric_sd']:.4f}"
-                             + (f" (n={hit[0]['runs']})" if hit[0]["runs"] != 3 else "") if hit else "–")
-            out.append(f"| {method} | " + " | ".join(cells) + " |")
-        out.append("")
-    peers = [r for r in rows if r.get("source")]
-    if peers:
-        out.append("| tool (same run, benchmarks/peers) | mode | FLOPs reduction | accuracy | s to prune | "
-                   "latency b8 / b1 (ideal) | plain from_pretrained (v4 / v5) |")
-        out.append("|---|---|---|---|---|---|---|")
-        for r in sorted(peers, key=lambda r: (r["mode"], -r["metric"])):
-            v4 = {True: "yes", False: "no", None: "–"}[r.get("reload_v4_from_pretrained")]
-            v5 = {True: "yes", False: "no", None: "–"}[r.get("reload_v5_from_pretrained")]
-            if r.get("reload_hf_prune_load_pruned"):
-                v5 += " (load_pruned: yes)"
-            out.append(f"| {r['method']} | {r['mode']} | {r['flops_reduction']:.3f} | {r['metric']:.4f} ± "
-                       f"{r['metric_sd']:.4f} | {r['seconds_to_prune']:.0f} | {r['latency_ratio_b8']:.2f} / "
-                       f"{r['latency_ratio_b1']:.2f} ({r['latency_ideal_ratio_seq128']:.2f}) | {v4} / {v5} |")
-        out.append("")
-    return "\n".join(out)
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
 
 
-def perplexity_table() -> str:
-    rows = json.loads((RESULTS / "perplexity.json").read_text())["rows"]
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def machine_text(machine) -> str:
+    """A JSON's machine record in words (older files hold a string, newer ones a dict)."""
+    if isinstance(machine, str):
+        return machine
+    parts = [machine.get("processor", "?")]
+    if machine.get("cpu_capability"):
+        parts[0] += f" ({machine['cpu_capability']})"
+    parts.append(f"{machine.get('cpu_count')} CPUs")
+    if machine.get("torch_threads") is not None:
+        parts.append(f"{machine['torch_threads']} torch threads")
+    parts.append(f"torch {machine.get('torch')}")
+    if machine.get("transformers"):
+        parts.append(f"transformers {machine['transformers']}")
+    return ", ".join(parts)
+
+
+def command_from_args(script: str, args: dict, default_out: str) -> str:
+    """The command line of an older JSON that kept only its argparse namespace (`args`)."""
+    flags = []
+    for key, value in args.items():
+        if key == "out" and value == default_out:
+            continue
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return " ".join([".venv/bin/python", f"benchmarks/{script}", *flags])
+
+
+def minutes(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def load_text(cores) -> str:
+    return "not measured" if cores is None else f"{cores:.2f} cores"
+
+
+def table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    lines = ["|" + "|".join(f" {cell} " if cell else " " for cell in header) + "|",
+             "|" + "|".join(align or ["---"] * len(header)) + "|"]
+    lines += ["|" + "|".join(f" {cell} " if cell else " " for cell in row) + "|" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_rows() -> list[dict]:
+    return load("accuracy.json")["rows"]
+
+
+def find(rows: list[dict], **match) -> dict:
+    hits = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    if len(hits) != 1:
+        raise LookupError(f"{len(hits)} rows match {match}")
+    return hits[0]
+
+
+# ----------------------------------------------------------------------------------------------- speed
+
+
+def speed_required_row(payload: dict) -> dict:
+    return next(r for r in payload["rows"] if r["required"])
+
+
+def speed() -> str:
+    """benchmarks/results/speed.json (bench_speed.py, `--full` for the whole grid)."""
+    payload = load("speed.json")
+    rows = payload["rows"]
+    loads = [r["other_load_cores"] for r in rows if r["other_load_cores"] is not None]
+    load_range = f"{min(loads):.2f}-{max(loads):.2f} cores" if loads else "not measured"
+    head = (f"Recorded by `{payload['command']}` on {payload['date'][:10]} ({machine_text(payload['machine'])}; "
+            f"{rows[0]['repeats']} alternated rounds, seq {rows[0]['seq_len']}). Other processes used {load_range} "
+            f"during the timing.")
+    body = []
+    for r in sorted(rows, key=lambda r: (r["batch_size"], r["sparsity"])):
+        share = f"{r['share_layers']:.3f}"
+        if r["required"]:
+            share = f"**{share} (required config: {'PASS' if r['pass'] else 'FAIL'})**"
+        body.append([f"{r['sparsity']:.0%}", str(r["batch_size"]), f"{r['ideal_speedup_layers']:.3f}",
+                     f"{1e3 * r['dense_median_s']:.1f}", f"{1e3 * r['pruned_median_s']:.1f}",
+                     f"{r['measured_speedup']:.3f}", share])
+    return head + "\n\n" + table(["sparsity (heads and FFN)", "batch", "ideal speedup", "dense ms", "pruned ms",
+                                  "measured speedup", "share of ideal"], body)
+
+
+def speed_models() -> str:
+    """benchmarks/results/speed_models.json (bench_speed_models.py)."""
+    payload = load("speed_models.json")
+    names = {"bert-base (random)": "BERT-base shapes (random)", "SmolLM2-135M": "SmolLM2-135M (GQA)"}
+    body, previous = [], None
+    for r in payload["rows"]:
+        name = names.get(r["model"], r["model"])
+        b1, b8 = r["batch1"], r["batch8"]
+        body.append([
+            name if name != previous else "", f"{r['sparsity']:.0%}", f"{r['ideal_speedup']:.2f}",
+            f"{b1['speedup']:.2f} ({b1['share_of_ideal']:.2f})", f"{b8['speedup']:.2f} ({b8['share_of_ideal']:.2f})",
+            f"{r['disk_mb']['pruned']:.0f} / {r['disk_mb']['dense']:.0f}",
+            f"{r['peak_load_mib']['pruned']:.0f} / {r['peak_load_mib']['dense']:.0f}",
+        ])
+        previous = name
+    imports_only = statistics.median(r["peak_load_mib"]["imports_only"] for r in payload["rows"])
+    head = (f"Machine: {payload['machine']}; sequence {payload['seq_len']}, {payload['repeats']} alternated repeats, "
+            f"medians. A process that only imports torch and transformers peaks at {imports_only:.0f} MiB.")
+    return head + "\n\n" + table(["model", "sparsity", "ideal", "batch 1 speedup (share)", "batch 8 speedup (share)",
+                                  "disk MB pruned / dense", "peak load MiB pruned / dense"], body)
+
+
+# ----------------------------------------------------------------------------------------------- scoring cost
+
+
+def importance_overhead() -> str:
+    """benchmarks/results/importance_overhead.json (bench_importance_overhead.py)."""
+    p = load("importance_overhead.json")
+    head = (f"Recorded by `{p['command']}` on {p['date'][:10]} ({machine_text(p['machine'])}): {p['batches']} batches "
+            f"x {p['batch_size']} x {p['seq_len']} tokens, {p['repeats']} alternating rounds, medians. Other processes "
+            f"used {load_text(p['other_load_cores'])} during the timed rounds.")
+    body = []
+    for r in p["rows"]:
+        ratio = f"{r['ratio']:.3f}"
+        if r["run"] == "gradient":
+            ratio = f"**{ratio}**"
+        body.append([r["run"], f"{r['median_s']:.3f}", ratio])
+    verdict = (f"gradient scoring / forward+backward = {p['gradient_ratio']:.3f} (target <= {p['target']}): "
+               f"{'PASS' if p['pass'] else 'FAIL'}.")
+    return head + "\n\n" + table(["run", "median s", "/ forward+backward"], body) + "\n\n" + verdict
+
+
+# ----------------------------------------------------------------------------------------------- lottery, quantize
+
+
+def lottery() -> str:
+    """benchmarks/results/lottery.json (lottery_ticket.py)."""
+    p = load("lottery.json")
+    command = p.get("command") or command_from_args("lottery_ticket.py", p["args"], "benchmarks/results/lottery.json")
+    head = f"Recorded by `{command}` ({p['machine']}); wall time {p['wall_s']:.0f} s."
+    body = [[f"{r['round']}" + (" (dense)" if r["round"] == 0 else ""),
+             "0%" if r["sparsity"] == 0 else f"{r['sparsity']:.1%}", f"{r['ticket']:.3f}",
+             "-" if r["random"] is None else f"{r['random']:.3f}"] for r in p["rows"]]
+    return head + "\n\n" + table(["round", "projection sparsity", "rewound ticket", "random re-init, same masks"], body)
+
+
+def quantize() -> str:
+    """benchmarks/results/quantize.json (bench_quantize.py)."""
+    p = load("quantize.json")
+    command = p.get("command") or command_from_args("bench_quantize.py", p["args"], "benchmarks/results/quantize.json")
+    head = f"Recorded by `{command}` ({p['machine']}); wall time {p['wall_s']:.0f} s."
+    names = {"heads+ffn": "heads+ffn 50%", "unstructured": "unstructured 50%"}
+    body = []
+    for r in p["rows"]:
+        kind, precision = r["model"].rsplit(" ", 1)
+        size = f"{r['size_bytes'] / 1e6:.1f}"
+        if r.get("sparse_export_bytes"):
+            size += f" (`save_sparse`: {r['sparse_export_bytes'] / 1e6:.1f})"
+        p10, p90 = r["latency_p10_p90_ms"]
+        body.append([f"{names.get(kind, kind)} {precision}", f"{r['parameters'] / 1e6:.1f} M", size,
+                     f"{r['latency_ms']:.1f} ({p10:.0f}-{p90:.0f})", f"{r['accuracy']:.3f}",
+                     "-" if precision == "fp32" else f"{r['agreement_with_fp32']:.3f}"])
+    return head + "\n\n" + table(["model", "parameters", "size MB", "latency ms (p10-p90)", "accuracy",
+                                  "agreement with fp32"], body)
+
+
+# ----------------------------------------------------------------------------------------------- demo
+
+
+def demo() -> str:
+    """benchmarks/results/demo.json (record_demo.py, which runs `make demo`)."""
+    p = load("demo.json")
+    b, a, ratio, lat = p["before"], p["after"], p["ratios"], p["latency"]
+
+    def per_layer(values):
+        return " ".join(map(str, values))
+
+    head = (f"Recorded by `{p['command']}` on {p['date'][:10]} (it runs `{p['demo_command']}`; "
+            f"{machine_text(p['machine'])}): **{minutes(p['wall_s'])}** wall in all; other processes used "
+            f"{load_text(p['other_load_cores'])} meanwhile.")
+    body = [
+        ["accuracy", f"{b['metrics']['accuracy']:.3f}", f"{a['metrics']['accuracy']:.3f}"],
+        ["F1", f"{b['metrics']['f1']:.3f}", f"{a['metrics']['f1']:.3f}"],
+        ["parameters", f"{b['parameters']:,}", f"{a['parameters']:,} ({ratio['parameters']:.3f})"],
+        [f"layer FLOPs at {p['seq_len']} tokens", f"{b['layer_flops'] / 1e9:.3f} G",
+         f"{a['layer_flops'] / 1e9:.3f} G ({ratio['layer_flops']:.3f})"],
+        [f"CPU latency, batch {lat['batch_size']} x {lat['seq_len']}, {lat['threads']} threads "
+         f"(median of {lat['repeats']}, alternated)", f"{b['latency_ms']:.1f} ms",
+         f"{a['latency_ms']:.1f} ms ({ratio['latency']:.3f})"],
+        ["heads", f"{b['heads']:,}", f"{a['heads']:,} (per layer {per_layer(a['heads_per_layer'])})"],
+        ["FFN neurons", f"{b['ffn_neurons']:,}", f"{a['ffn_neurons']:,} (per layer {per_layer(a['ffn_per_layer'])})"],
+    ]
+    return head + "\n\n" + table(["", "before (untrained head)", "after"], body, ["---", "---:", "---:"])
+
+
+# ----------------------------------------------------------------------------------------------- accuracy, peers
+
+
+def accuracy_table(mode: str) -> str:
+    """benchmarks/results/accuracy.json (bench_accuracy.py), hf_prune's own rows of one mode."""
+    rows = accuracy_rows()
+    mine = [r for r in rows if r["mode"] == mode and not r.get("source")]
+    budgets = sorted({r["flops_reduction"] for r in mine})
+    body = []
+    for method in sorted({r["method"] for r in mine}, key=lambda m: ("+weights" not in m, m)):
+        cells = []
+        for budget in budgets:
+            hit = [r for r in mine if r["method"] == method and r["flops_reduction"] == budget]
+            cells.append(f"{hit[0]['metric']:.4f} ± {hit[0]['metric_sd']:.4f}"
+                         + (f" (n={hit[0]['runs']})" if hit[0]["runs"] != 3 else "") if hit else "–")
+        body.append([method, *cells])
+    return table([f"method ({mode})", *(f"-{b:.0%}" for b in budgets)], body)
+
+
+def accuracy_retrain_free() -> str:
+    return accuracy_table("retrain-free")
+
+
+def accuracy_fine_tuned() -> str:
+    return accuracy_table("fine-tuned")
+
+
+def peers_minilm() -> str:
+    """The peer rows of benchmarks/results/accuracy.json (benchmarks/peers/run.sh, merged by bench_accuracy.py)."""
+    peers = [r for r in accuracy_rows() if r.get("source")]
+    dense = {r["dense_metric"] for r in peers}
+    yes_no = {True: "yes", False: "no", None: "–"}
+    body = []
+    for r in sorted(peers, key=lambda r: (r["mode"], -r["metric"])):
+        v5 = yes_no[r.get("reload_v5_from_pretrained")]
+        if r.get("reload_hf_prune_load_pruned"):
+            v5 += " (load_pruned: yes)"
+        body.append([r["method"], r["mode"], f"{r['flops_reduction']:.3f}", f"{r['metric']:.4f} ± {r['metric_sd']:.4f}",
+                     f"{r['seconds_to_prune']:.0f}",
+                     f"{r['latency_ratio_b8']:.2f} / {r['latency_ratio_b1']:.2f} ({r['latency_ideal_ratio_seq128']:.2f})",
+                     f"{yes_no[r.get('reload_v4_from_pretrained')]} / {v5}"])
+    head = "Dense accuracy: " + " / ".join(f"{d:.4f}" for d in sorted(dense)) + "."
+    return head + "\n\n" + table(["tool (same run, benchmarks/peers)", "mode", "FLOPs reduction", "accuracy",
+                                  "s to prune", "latency b8 / b1 (ideal)", "plain from_pretrained (v4 / v5)"], body)
+
+
+# ----------------------------------------------------------------------------------------------- perplexity
+
+
+def perplexity_rows() -> list[dict]:
+    return load("perplexity.json")["rows"]
+
+
+def perplexity() -> str:
+    """benchmarks/results/perplexity.json (bench_perplexity.py, Torch-Pruning rows from benchmarks/peers/run.sh)."""
+    rows = perplexity_rows()
     dense = rows[0]["dense_metric"]
     fractions = sorted({r["params_removed"] for r in rows})
-    out = [f"| method (dense {dense:.2f}) | " + " | ".join(f"-{f:.0%} params" for f in fractions) + " |",
-           "|---" * (len(fractions) + 1) + "|"]
     order = sorted({r["method"] for r in rows}, key=lambda m: min(r["metric"] for r in rows if r["method"] == m))
+    body = []
     for method in order:
         cells = []
         for f in fractions:
@@ -58,10 +296,184 @@ def perplexity_table() -> str:
             cells.append(f"{hit[0]['metric']:.1f} ± {hit[0]['metric_sd']:.1f} (×{hit[0]['metric'] / dense:.2f}, "
                          f"n={hit[0]['runs']})" if hit else "–")
         name = method + (" (peer)" if any(r.get("source") for r in rows if r["method"] == method) else "")
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+        body.append([name, *cells])
+    return table([f"method (dense {dense:.2f})", *(f"-{f:.0%} params" for f in fractions)], body)
+
+
+def perplexity_full_test() -> str:
+    """benchmarks/results/perplexity_592_windows.json (bench_perplexity.py --eval-windows 0)."""
+    p = load("perplexity_592_windows.json")
+    body = [[r["method"], f"{r['params_removed']:.0%}", f"{r['eval_tokens']:,}", f"{r['dense_metric']:.2f}",
+             f"{r['metric']:.2f} (×{r['metric'] / r['dense_metric']:.2f}, n={r['runs']})"] for r in p["rows"]]
+    return table(["method", "params removed", "test tokens", "dense", "pruned"], body)
+
+
+# ----------------------------------------------------------------------------------------------- README
+
+
+def readme_summary() -> str:
+    """README "Results at a glance": one row per headline, each from the JSON named in its last column."""
+    speed_payload = load("speed.json")
+    req = speed_required_row(speed_payload)
+    quiet = req["other_load_cores"] is not None and req["other_load_cores"] < 0.25
+    conditions = "quiet machine" if quiet else "other load " + load_text(req["other_load_cores"])
+
+    acc = accuracy_rows()
+    mine = [r for r in acc if not r.get("source")]
+    rf = [r for r in mine if r["mode"] == "retrain-free"]
+    ft = [r for r in mine if r["mode"] == "fine-tuned"]
+    fw50 = find(rf, method="fisher+weights", flops_reduction=0.5)
+    dense = fw50["dense_metric"]
+    rs60, rs70 = (find(rf, method="fisher+weights+reselect", flops_reduction=b) for b in (0.6, 0.7))
+    fw60, fw70 = (find(rf, method="fisher+weights", flops_reduction=b) for b in (0.6, 0.7))
+    ft70, ft80 = (find(ft, method="fisher+1epoch", flops_reduction=b) for b in (0.7, 0.8))
+    peers = [r for r in acc if r.get("source")]
+    names = {"hf_prune-fisher+weights": "hf_prune", "textpruner-taylor": "TextPruner",
+             "torch-pruning-taylor": "Torch-Pruning", "transformers4-prune-heads": "4.x `prune_heads`"}
+    uniform = [find(peers, method=m, mode="retrain-free") for m in list(names)[:3]]
+
+    ours = find(peers, method="hf_prune-fisher+weights", mode="retrain-free")
+    diff = re.search(r"load_pruned: max\|logit diff\| ([0-9.e+-]+)", ours["reload_notes"])
+    if ours.get("reload_hf_prune_load_pruned") and diff and float(diff.group(1)) == 0.0:
+        ours_reload = "identical logits"
+    elif ours.get("reload_hf_prune_load_pruned"):
+        ours_reload = f"max logit difference {diff.group(1) if diff else '?'}"
+    else:
+        ours_reload = "fails"
+    others = [r for r in peers if r["mode"] == "retrain-free" and r["method"] in list(names)[1:]]
+    others.sort(key=lambda r: list(names).index(r["method"]))
+    failing = [names[r["method"]] for r in others if not r["reload_v5_from_pretrained"]]
+    ok = [names[r["method"]] for r in others if r["reload_v5_from_pretrained"]]
+    reload_text = f"hf_prune (`load_pruned`): {ours_reload}; " + ", ".join(failing) + ": fail"
+    if ok:
+        reload_text += "; " + ", ".join(ok) + ": load"
+
+    ppl = perplexity_rows()
+    best, peer = "fisher+params+weights+reselect (128 windows)", "torch-pruning-taylor"
+    ppl_dense = ppl[0]["dense_metric"]
+
+    def rise(method, fraction):
+        return f"x{find(ppl, method=method, params_removed=fraction)['metric'] / ppl_dense:.2f}"
+
+    demo_payload = load("demo.json")
+    d_ratio = demo_payload["ratios"]
+    flops_text = "half the layer FLOPs" if round(d_ratio["layer_flops"], 3) == 0.5 else \
+        f"{d_ratio['layer_flops']:.2f}x the layer FLOPs"
+    d_load = demo_payload["other_load_cores"]
+    overhead = load("importance_overhead.json")
+
+    def sd(r):
+        return f"{r['metric']:.3f} ± {r['metric_sd']:.3f}"
+
+    rows = [
+        [f"speed: 50% heads + 50% FFN of a 4-layer, 512-wide BERT, batch {req['batch_size']} x {req['seq_len']}",
+         f"{req['measured_speedup']:.2f}x faster, {req['share_layers']:.2f} of the FLOPs-ideal "
+         f"{req['ideal_speedup_layers']:.1f}x ({conditions})",
+         "`speed.json`"],
+        [f"MiniLM on movie reviews, retrain-free (fisher, weight recovery), {fw50['flops_reduction']:.0%} fewer layer FLOPs",
+         f"{sd(fw50)} vs dense {dense:.3f} ({fw50['runs']} slices)", "`accuracy.json`"],
+        ["same, units re-chosen by reconstruction error (`reselect_units`), 60% / 70% fewer layer FLOPs",
+         f"{sd(rs60)} / {sd(rs70)} (without: {fw60['metric']:.3f} / {fw70['metric']:.3f})", "`accuracy.json`"],
+        ["same run and setup, 50% of heads and FFN in every layer, retrain-free",
+         ", ".join(f"{names[r['method']]} {r['metric']:.3f}" for r in uniform), "`accuracy.json` (peers)"],
+        ["reload a pruned MiniLM in transformers 5", reload_text, "`accuracy.json` (peers)"],
+        ["same, fine-tuned with `HeadPruningCallback` + distillation, one epoch, 70% / 80% fewer FLOPs",
+         f"{sd(ft70)} / {sd(ft80)} ({ft70['runs']} seeds; dense {ft70['dense_metric']:.3f})", "`accuracy.json`"],
+        ["SmolLM2-135M (GQA), 20% / 10% of layer parameters removed, retrain-free",
+         f"WikiText-2 perplexity {rise(best, 0.2)} / {rise(best, 0.1)} (fisher, parameter-budget search, units "
+         f"re-chosen, weight recovery; Torch-Pruning Taylor on the same windows: {rise(peer, 0.2)} / {rise(peer, 0.1)})",
+         "`perplexity.json`"],
+        [f"`make demo`: fine-tune while removing 50% of heads and FFN neurons ({minutes(demo_payload['wall_s'])} on "
+         f"{demo_payload['machine']['cpu_count']} cores)",
+         f"{demo_payload['after']['metrics']['accuracy']:.3f} accuracy, {flops_text}, {d_ratio['latency']:.3f}x latency"
+         + ("" if d_load is None or d_load < 0.25 else f" (other load {d_load:.2f} cores: noisy)"),
+         "`demo.json`"],
+        ["gradient scoring cost", f"{overhead['gradient_ratio']:.2f}x one forward + backward pass",
+         "`importance_overhead.json`"],
+    ]
+    return table(["what", "result", "data (`benchmarks/results/`)"], rows, [" --- ", " --- ", " --- "])
+
+
+# ----------------------------------------------------------------------------------------------- regions
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "speed": speed,
+    "importance-overhead": importance_overhead,
+    "lottery": lottery,
+    "quantize": quantize,
+    "demo": demo,
+    "accuracy-retrain-free": accuracy_retrain_free,
+    "accuracy-fine-tuned": accuracy_fine_tuned,
+    "perplexity": perplexity,
+    "perplexity-full-test": perplexity_full_test,
+    "speed-models": speed_models,
+    "peers-minilm": peers_minilm,
+    "results-at-a-glance": readme_summary,
+}
+
+FILES: dict[Path, tuple[str, ...]] = {
+    RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
+                 "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm"),
+    README_MD: ("results-at-a-glance",),
+}
+
+
+def render(text: str, expected: tuple[str, ...] = (), cache: dict[str, str] | None = None) -> str:
+    """`text` with every generated region rewritten; ValueError for unknown, missing or repeated regions."""
+    cache = {} if cache is None else cache
+    found = [m.group("name") for m in REGION.finditer(text)]
+    unknown = sorted(set(found) - set(GENERATORS))
+    missing = [name for name in expected if name not in found]
+    repeated = sorted({name for name in found if found.count(name) > 1})
+    if unknown or missing or repeated:
+        raise ValueError(f"generated regions: unknown {unknown}, missing {missing}, repeated {repeated}")
+    if text.count("<!-- begin generated:") != len(found) or text.count("<!-- end generated:") != len(found):
+        raise ValueError("an unmatched '<!-- begin/end generated: ... -->' marker")
+
+    def body(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in cache:
+            cache[name] = GENERATORS[name]().strip("\n")
+        return f"{match.group(1)}{cache[name]}\n{match.group(4)}"
+
+    return REGION.sub(body, text)
+
+
+def regenerate() -> dict[Path, tuple[str, str]]:
+    """{file: (current text, regenerated text)} for RESULTS.md and README.md."""
+    cache: dict[str, str] = {}
+    out = {}
+    for path, names in FILES.items():
+        current = path.read_text()
+        out[path] = (current, render(current, names, cache))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a region is out of date")
+    parser.add_argument("--print", action="store_true", help="print every region and write nothing")
+    args = parser.parse_args(argv)
+    if args.print:
+        for name, fn in GENERATORS.items():
+            print(f"<!-- {name} -->\n{fn().strip()}\n")
+        return 0
+    stale = 0
+    for path, (current, new) in regenerate().items():
+        if current == new:
+            continue
+        stale += 1
+        rel = path.relative_to(ROOT).as_posix()
+        if args.check:
+            sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), new.splitlines(True), rel, rel + " (generated)"))
+        else:
+            path.write_text(new)
+            print(f"rewrote the generated regions of {rel}")
+    if args.check and stale:
+        print(f"\n{stale} file(s) out of date: run .venv/bin/python benchmarks/make_tables.py", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    print(accuracy_tables())
-    print(perplexity_table())
+    sys.exit(main())
