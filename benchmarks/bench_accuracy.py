@@ -170,7 +170,7 @@ def base_method(name: str) -> tuple[str, dict]:
 
 def plan_for(method, scores, model, reduction, opts):
     if method in GRADIENT_METHODS:
-        return plan_from_flops(scores, model, flops_fraction=1.0 - reduction, seq_len=SEQ_LEN)
+        return plan_from_flops(scores, model, flops_reduction=reduction, seq_len=SEQ_LEN)
     return plan_from_sparsity(scores, head_sparsity=reduction, ffn_sparsity=reduction,
                               scope=opts.get("scope", "layer"))
 

@@ -114,7 +114,7 @@ def plan_for(scores, model, fraction, opts, dense_heads, dense_ffn):
     if opts["params"]:
         # at seq_len 1 a layer's FLOPs are 2 x its projection parameters (+ a negligible 4*h*d score term), so
         # the joint FLOPs search is a parameter-budget search over heads and FFN neurons of all layers
-        return plan_from_flops(scores, model, flops_fraction=1.0 - fraction, seq_len=1)
+        return plan_from_flops(scores, model, flops_reduction=fraction, seq_len=1)
     heads, ffn = BUDGETS[fraction]
     return plan_from_sparsity(scores, head_sparsity=(dense_heads - heads) / dense_heads,
                               ffn_sparsity=(dense_ffn - ffn) / dense_ffn, scope=opts["scope"], gqa="per_group")

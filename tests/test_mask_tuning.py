@@ -197,3 +197,25 @@ def test_bad_reconstruct_or_ridge_raises_and_leaves_the_model_untouched():
         tune_masks(model, PruningPlan(neurons={0: [1]}), calibration(1), reconstruct="weights", ridge=-1.0)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("reconstruct", ["scales", "weights"])
+def test_moments_that_do_not_fit_the_model_raise_and_leave_it_untouched(reconstruct):
+    import copy
+
+    from hf_prune import apply_mask_tuning, calibration_moments
+
+    model = make_model("llama")
+    moments = calibration_moments(model, calibration(1))
+    smaller = PruningPlan(neurons={1: [0, 1]}, heads={2: [0, 3]}).apply(copy.deepcopy(model))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = PruningPlan(neurons={0: [1]})
+    for bad, match in ((calibration_moments(smaller, calibration(1)), "moments do not match the model's widths"),
+                       ((moments[0][:1], moments[1][:1]), "moments do not match the model's layers"),
+                       (moments[0], "moments do not match the model's layers"),
+                       ((moments[0], [m.float()[:-1] for m in moments[1]]), "moments do not match the model's widths")):
+        with pytest.raises(ValueError, match=match):
+            apply_mask_tuning(model, plan, bad, reconstruct=reconstruct)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert layer_shapes(model) == layer_shapes(make_model("llama"))

@@ -28,7 +28,7 @@ def removed(request: dict) -> int:
     return sum(len(v) for v in request.values())
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.77, 1.0])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.77, 0.99])
 def test_global_sparsity_is_exact_and_removes_the_lowest(sparsity):
     scores = random_scores()
     plan = plan_from_sparsity(scores, head_sparsity=sparsity, ffn_sparsity=sparsity)
@@ -67,16 +67,16 @@ def test_min_heads_and_multiples():
     assert target - 8 < removed(plan.neurons) <= target  # whole chunks of 8 (first chunk of 37: 5)
     with pytest.raises(ValueError, match="at most"):
         plan_from_sparsity(scores, head_sparsity=0.75, min_heads=2)
-    plan = plan_from_sparsity(scores, head_sparsity=1.0)  # min_heads=0: whole layers may go
+    plan = plan_from_sparsity(scores, head_sparsity=0.99)  # min_heads=0: whole layers may go (round(11.88) = 12)
     assert plan.kept_widths()["heads"] == [0, 0, 0]
 
 
 def test_bad_budgets_raise_value_error():
     scores = random_scores()
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    for bad in (-0.1, 1.0, 1.5):  # one range for every sparsity: [0, 1)
+        with pytest.raises(ValueError, match=r"head_sparsity must be in \[0, 1\)"):
             plan_from_sparsity(scores, head_sparsity=bad)
-        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        with pytest.raises(ValueError, match=r"ffn_sparsity must be in \[0, 1\)"):
             plan_from_sparsity(scores, ffn_sparsity=bad)
     with pytest.raises(ValueError, match="scope"):
         plan_from_sparsity(scores, 0.5, scope="everywhere")
@@ -146,7 +146,7 @@ def test_flops_budget(model_type):
         data = [dict(b, labels=b["input_ids"]) for b in data]
     scores = compute_importance(model, data, "fisher")
     dense = count_flops(model, seq_len=16)
-    plan = plan_from_flops(scores, model, 0.6, seq_len=16)
+    plan = plan_from_flops(scores, model, flops_reduction=0.4, seq_len=16)
     flops = plan.metadata["flops"]
     assert flops["before"] == dense
     plan.apply(model)
@@ -165,8 +165,38 @@ def test_flops_budget_uses_jointly_cheapest_units():
     # heads look unimportant, neurons important: the FLOPs must come from heads first
     scores = ImportanceScores([torch.full((s.heads,), 1e-6) for s in shapes], [torch.ones(s.ffn) for s in shapes],
                               [s.kv_heads for s in shapes], "fisher")
-    plan = plan_from_flops(scores, model, 0.8, seq_len=16)
+    plan = plan_from_flops(scores, model, flops_reduction=0.2, seq_len=16)
     assert removed(plan.heads) > 0
     assert plan.metadata["flops"]["after"] <= 0.8 * count_flops(model, seq_len=16)
     with pytest.raises(ValueError, match="cannot reach"):
-        plan_from_flops(scores, model, 0.1, seq_len=16, min_heads=4, min_neurons=37)
+        plan_from_flops(scores, model, flops_reduction=0.9, seq_len=16, min_heads=4, min_neurons=37)
+
+
+def test_flops_reduction_is_the_fraction_removed_and_flops_fraction_is_deprecated():
+    import warnings
+
+    model = make_model("bert")
+    shapes = layer_shapes(model)
+    g = torch.Generator().manual_seed(0)
+    scores = ImportanceScores([torch.rand(s.heads, generator=g) for s in shapes],
+                              [torch.rand(s.ffn, generator=g) for s in shapes], [s.kv_heads for s in shapes], "fisher")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new spelling warns about nothing
+        plan = plan_from_flops(scores, model, flops_reduction=0.4, seq_len=16)
+    assert plan.metadata["budget"]["flops_reduction"] == 0.4
+    assert plan.metadata["flops"]["after"] <= 0.6 * count_flops(model, seq_len=16)
+    with pytest.warns(FutureWarning, match=r"flops_reduction=1 - x"):
+        old = plan_from_flops(scores, model, 0.6, seq_len=16)  # positional: still the fraction kept
+    assert old.to_dict() == plan.to_dict()
+    with pytest.warns(FutureWarning):
+        assert plan_from_flops(scores, model, flops_fraction=0.6, seq_len=16) == plan
+    absolute = plan_from_flops(scores, model, max_flops=plan.metadata["flops"]["target"], seq_len=16)
+    assert (absolute.heads, absolute.neurons) == (plan.heads, plan.neurons)
+    assert absolute.metadata["budget"]["flops_reduction"] is None
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"flops_reduction .* must be in \[0, 1\)"):
+            plan_from_flops(scores, model, flops_reduction=bad)
+    with pytest.raises(ValueError, match="exactly one.*flops_reduction, max_flops"):
+        plan_from_flops(scores, model, flops_reduction=0.5, max_flops=10)
+    with pytest.raises(ValueError, match=r"flops_fraction.*\(0, 1\].*flops_reduction"), pytest.warns(FutureWarning):
+        plan_from_flops(scores, model, 0.0)

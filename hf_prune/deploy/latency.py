@@ -56,6 +56,82 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _check_args(models: dict, batch_size, seq_len, repeats, warmup, num_threads) -> None:
+    """One ValueError for the first bad argument of `measure_latency`."""
+    if not models:
+        raise ValueError("`models` is empty: give at least one {name: model}")
+    for name, value in {"batch_size": batch_size, "seq_len": seq_len, "repeats": repeats}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads <= 0):
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+
+
+def _shared_inputs(models: dict[str, nn.Module], batch_size: int, seq_len: int, seed: int) -> dict[str, dict]:
+    """The same random `input_ids` (below the smallest vocabulary) and all-ones mask, on each model's device."""
+    vocab = min(_vocab_size(m) for m in models.values())
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator)  # (B, T)
+    inputs = {}
+    for name, model in models.items():
+        device = _device(model)
+        inputs[name] = {
+            "input_ids": input_ids.to(device),  # (B, T)
+            "attention_mask": torch.ones_like(input_ids, device=device),  # (B, T)
+        }
+    return inputs
+
+
+def _time_round_robin(models: dict[str, nn.Module], inputs: dict[str, dict], rounds: int,
+                      warmup: int) -> dict[str, list[float]]:
+    """Seconds of each timed forward pass per model, alternating the models in every round (first `warmup` untimed)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for round_idx in range(rounds):
+            for name, model in models.items():  # round-robin: A, B, A, B, ...
+                device = _device(model)
+                _sync(device)
+                start = time.perf_counter()
+                model(**inputs[name])
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                if round_idx >= warmup:
+                    times[name].append(elapsed)
+    return times
+
+
+def _timed(models: dict[str, nn.Module], inputs: dict[str, dict], warmup: int, repeats: int,
+           num_threads: int | None) -> dict[str, list[float]]:
+    """`_time_round_robin` in eval mode (and `num_threads`), restoring training flags and threads afterwards."""
+    was_training = {name: model.training for name, model in models.items()}
+    old_threads = torch.get_num_threads()
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        for model in models.values():
+            model.eval()
+        return _time_round_robin(models, inputs, warmup + repeats, warmup)
+    finally:
+        torch.set_num_threads(old_threads)
+        for name, model in models.items():
+            model.train(was_training[name])
+
+
+def _stats(samples: list[float], batch_size: int, seq_len: int, repeats: int) -> LatencyStats:
+    median = percentile(samples, 50)
+    return LatencyStats(
+        median_s=median,
+        p10_s=percentile(samples, 10),
+        p90_s=percentile(samples, 90),
+        throughput=batch_size / median,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        repeats=repeats,
+    )
+
+
 def measure_latency(
     models: dict[str, nn.Module],
     batch_size: int = 8,
@@ -72,61 +148,7 @@ def measure_latency(
     restored afterwards). `warmup` untimed rounds come first. `num_threads`, when given, sets
     `torch.set_num_threads` for the measurement and restores the previous value afterwards.
     """
-    if not models:
-        raise ValueError("`models` is empty: give at least one {name: model}")
-    for name, value in {"batch_size": batch_size, "seq_len": seq_len, "repeats": repeats}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
-    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads <= 0):
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-
-    vocab = min(_vocab_size(m) for m in models.values())
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator)  # (B, T)
-    inputs = {}
-    for name, model in models.items():
-        device = _device(model)
-        inputs[name] = {
-            "input_ids": input_ids.to(device),  # (B, T)
-            "attention_mask": torch.ones_like(input_ids, device=device),  # (B, T)
-        }
-
-    was_training = {name: model.training for name, model in models.items()}
-    old_threads = torch.get_num_threads()
-    times: dict[str, list[float]] = {name: [] for name in models}
-    try:
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
-        for model in models.values():
-            model.eval()
-        with torch.inference_mode():
-            for round_idx in range(warmup + repeats):
-                for name, model in models.items():  # round-robin: A, B, A, B, ...
-                    device = _device(model)
-                    _sync(device)
-                    start = time.perf_counter()
-                    model(**inputs[name])
-                    _sync(device)
-                    elapsed = time.perf_counter() - start
-                    if round_idx >= warmup:
-                        times[name].append(elapsed)
-    finally:
-        torch.set_num_threads(old_threads)
-        for name, model in models.items():
-            model.train(was_training[name])
-
-    stats = {}
-    for name, samples in times.items():
-        median = percentile(samples, 50)
-        stats[name] = LatencyStats(
-            median_s=median,
-            p10_s=percentile(samples, 10),
-            p90_s=percentile(samples, 90),
-            throughput=batch_size / median,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            repeats=repeats,
-        )
-    return stats
+    _check_args(models, batch_size, seq_len, repeats, warmup, num_threads)
+    inputs = _shared_inputs(models, batch_size, seq_len, seed)
+    times = _timed(models, inputs, warmup, repeats, num_threads)
+    return {name: _stats(samples, batch_size, seq_len, repeats) for name, samples in times.items()}

@@ -1,10 +1,40 @@
-"""Least-squares solves of recovery: unit Gram matrices, per-unit scales and re-solved projection weights."""
+"""Least-squares solves of recovery: unit Gram matrices, per-unit scales and re-solved projection weights.
+
+The normal equations of recovery (and the OBS inverses of re-selection) are symmetric positive
+(semi-)definite: `solve_spd` / `inverse_spd` factor them by Cholesky and, where a matrix is not
+numerically positive definite (duplicated units, no ridge), fall back to the pseudo-inverse, whose
+minimum-norm solution stays finite.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from ..utils import as_out_in
+
+
+def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x with a x = b for symmetric positive (semi-)definite `a` (n, n) or a batch (*, n, n).
+
+    b: (*, n) or (*, n, k), with the batch shape of `a`. Cholesky where `a` is numerically positive definite;
+    the minimum-norm pseudo-inverse solution elsewhere (per matrix of a batch), so singular `a` gives finite x.
+    """
+    vector = b.dim() == a.dim() - 1
+    rhs = b.unsqueeze(-1) if vector else b  # (*, n, k)
+    factor, info = torch.linalg.cholesky_ex(a)
+    x = torch.cholesky_solve(rhs, factor)  # (*, n, k)
+    failed = info != 0  # () or (*,): not numerically positive definite; those solutions are replaced
+    if bool(failed.any()):  # a 0-dim mask indexes the whole unbatched matrix, as a batch of one
+        x[failed] = torch.linalg.pinv(a[failed], hermitian=True) @ rhs[failed]  # (failed, n, k)
+    return x.squeeze(-1) if vector else x
+
+
+def inverse_spd(a: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive definite (n, n) `a` by Cholesky; the pseudo-inverse when it is not."""
+    factor, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:  # not numerically positive definite
+        return torch.linalg.pinv(a, hermitian=True)
+    return torch.cholesky_inverse(factor)
 
 
 def unit_gram(moment: torch.Tensor, weight: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
@@ -21,7 +51,7 @@ def least_squares_scales(gram: torch.Tensor, keep: list[int], ridge: float = 1e-
     a = gram[index][:, index]  # (K, K)
     b = gram[index].sum(1)  # (K,): <c_i, sum_j c_j>
     scale = a.diagonal().mean().clamp_min(1e-30) * ridge
-    return torch.linalg.solve(a + scale * torch.eye(len(keep), dtype=a.dtype), b)
+    return solve_spd(a + scale * torch.eye(len(keep), dtype=a.dtype), b)
 
 
 def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: list[int],
@@ -42,7 +72,7 @@ def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.
     a = m[features][:, features]  # (K', K')
     b = m[features] @ w.t()  # (K', out): <kept feature, dense output>
     scale = a.diagonal().mean().clamp_min(1e-30) * ridge if len(features) else 0.0
-    solution = torch.linalg.solve(a + scale * torch.eye(len(features), dtype=a.dtype), b).t()  # (out, K')
+    solution = solve_spd(a + scale * torch.eye(len(features), dtype=a.dtype), b).t()  # (out, K')
     if bias is None:
         return solution, None
     return solution[:, :-1], solution[:, -1]

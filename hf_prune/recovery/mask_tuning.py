@@ -33,7 +33,7 @@ from ..architecture.layouts import get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
 from ..planning.plan import PruningPlan
 from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
-from .moments import calibration_moments
+from .moments import calibration_moments, check_moments
 
 
 def _write_projection(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> None:
@@ -79,6 +79,7 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
     ridge = _check_reconstruct(reconstruct, ridge)
     layout = get_layout(model)
     plan.check_model(model)
+    check_moments(moments, model)
     o_moments, down_moments = moments
     layers = get_layers(model, layout)
     if reconstruct == "weights":

@@ -62,6 +62,23 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -
     return reduced[: len(layers)], reduced[len(layers): 2 * len(layers)]
 
 
+def check_moments(moments, model: nn.Module) -> None:
+    """ValueError unless `moments` is (o_moments, down_moments) with one square matrix per layer of `model`,
+    sized for the layer's current widths (heads * head_dim + 1 and ffn + 1)."""
+    layout = get_layout(model)
+    layers = get_layers(model, layout)
+    if not isinstance(moments, (tuple, list)) or len(moments) != 2 or any(
+            not isinstance(m, (tuple, list)) or len(m) != len(layers) for m in moments):
+        raise ValueError("the moments do not match the model's layers: pass (o_moments, down_moments) from "
+                         "calibration_moments(model, ...)")
+    for layer, o, down in zip(layers, *moments):
+        s = layer_shape(layer, layout)
+        for m, size in ((o, s.heads * s.head_dim + 1), (down, s.ffn + 1)):
+            if not isinstance(m, torch.Tensor) or tuple(m.shape) != (size, size):
+                raise ValueError("the moments do not match the model's widths: use calibration_moments(model, ...) "
+                                 "on the model you pass")
+
+
 def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torch.Tensor]],
                         max_batches: int | None = None) -> tuple[list, list]:
     """[X 1]^T [X 1] of every layer's output- and down-projection inputs on the calibration batches (dense model).

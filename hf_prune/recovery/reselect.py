@@ -32,6 +32,8 @@ from ..architecture.shapes import layer_shape
 from ..importance.scores import ImportanceScores
 from ..planning.plan import PruningPlan
 from ..utils import as_out_in
+from .least_squares import inverse_spd, solve_spd
+from .moments import check_moments
 
 
 def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int]], families: list[int],
@@ -43,7 +45,7 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
     """
     h = moment.clone()
     h.diagonal().add_(h.diagonal().mean().clamp_min(1e-30) * ridge)
-    h_inv = torch.linalg.inv(h)  # (F', F')
+    h_inv = inverse_spd(h)  # (F', F')
     w = weight.clone()  # (out, F')
     left = dict(quota)
     alive = [g for g in range(len(groups)) if left.get(families[g], 0) > 0]
@@ -56,7 +58,7 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
         else:
             w_g = w[:, cols_alive].permute(1, 0, 2)  # (A, out, width)
             inv_blocks = h_inv[cols_alive[:, :, None], cols_alive[:, None, :]]  # (A, width, width)
-            solved = torch.linalg.solve(inv_blocks, w_g.transpose(1, 2))  # (A, width, out)
+            solved = solve_spd(inv_blocks, w_g.transpose(1, 2))  # (A, width, out)
             errors = (w_g.transpose(1, 2) * solved).sum((1, 2)).tolist()  # trace(W_G (H^-1_GG)^-1 W_G^T)
         # take up to `block` cheapest groups, never more than a family's remaining quota
         take: list[int] = []
@@ -69,7 +71,7 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
                 if len(take) == block:
                     break
         cols = torch.as_tensor([c for g in take for c in groups[g]])
-        inv_gg = torch.linalg.inv(h_inv[cols][:, cols])  # (|cols|, |cols|)
+        inv_gg = inverse_spd(h_inv[cols][:, cols])  # (|cols|, |cols|)
         steps.append((take, torch.trace(w[:, cols] @ inv_gg @ w[:, cols].t()).item()))
         w -= w[:, cols] @ inv_gg @ h_inv[cols]  # (out, F'): the rest compensates
         h_inv -= h_inv[:, cols] @ inv_gg @ h_inv[cols]  # inverse of H without cols (zeros at cols)
@@ -104,17 +106,6 @@ def _check(ridge, block) -> None:
         raise ValueError(f"block must be an integer >= 1, got {block!r}")
 
 
-def _check_moments(moments, layers, layout) -> None:
-    """ValueError unless there is one (o, down) moment per layer, sized for the layer's current widths."""
-    if len(moments) != 2 or any(len(m) != len(layers) for m in moments):
-        raise ValueError("the moments do not match the model's layers: use calibration_moments(model, ...)")
-    for layer, o, down in zip(layers, *moments):
-        s = layer_shape(layer, layout)
-        if o.shape[0] != s.heads * s.head_dim + 1 or down.shape[0] != s.ffn + 1:
-            raise ValueError("the moments do not match the model's widths: use calibration_moments(model, ...) "
-                             "on the model you pass")
-
-
 @torch.no_grad()
 def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, list], *, ridge: float = 1e-4,
                    block: int = 8) -> PruningPlan:
@@ -129,7 +120,7 @@ def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, lis
     layout = get_layout(model)
     plan.check_model(model)
     layers = get_layers(model, layout)
-    _check_moments(moments, layers, layout)
+    check_moments(moments, model)
     o_moments, down_moments = moments
     heads: dict[int, list[int]] = {}
     neurons: dict[int, list[int]] = {}
@@ -186,7 +177,7 @@ def reconstruction_scores(model: nn.Module, scores: ImportanceScores, moments: t
     _check(ridge, block)
     layout = get_layout(model)
     layers = get_layers(model, layout)
-    _check_moments(moments, layers, layout)
+    check_moments(moments, model)
     shapes = [layer_shape(layer, layout) for layer in layers]
     if [s.heads for s in shapes] != [len(h) for h in scores.heads] or [s.ffn for s in shapes] != [len(n) for n in scores.neurons]:
         raise ValueError("the scores do not match the model's current widths: score the model you pass")
