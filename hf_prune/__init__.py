@@ -22,6 +22,7 @@ from .surgery.width import prune_model
 from .training.callback import HeadPruningCallback, resize_to_checkpoint
 from .training.config import PruningConfig
 from .training.distillation import DistillationTrainer, distillation_loss
+from .training.reporting import PruningLogMixin, PruningTrainer
 from .unstructured.lottery import LotteryTicketRewinder, reinitialize, rewind, snapshot_weights
 from .unstructured.magnitude import SparsityReport, prune_unstructured, sparsity_report
 
@@ -48,6 +49,8 @@ __all__ = [
     "LayerShape",
     "Layout",
     "PruningConfig",
+    "PruningLogMixin",
+    "PruningTrainer",
     "PruningPlan",
     "attach_gates",
     "compute_importance",

@@ -22,6 +22,7 @@ from test_callback import Toy  # noqa: E402
 from tiny_models import make_model  # noqa: E402
 
 from hf_prune import layer_shapes  # noqa: E402
+from hf_prune.training import PruningConfig  # noqa: E402
 from hf_prune.training.callback import HeadPruningCallback, resize_to_checkpoint  # noqa: E402
 
 MAX_STEPS, SAVE_STEPS = 8, 3
@@ -69,8 +70,9 @@ def main():
         checkpoint = get_last_checkpoint(options.out)
         resize_to_checkpoint(model, checkpoint)  # the checkpoint holds the compacted shapes
     plans = []
-    callback = recording(
-        HeadPruningCallback(head_sparsity=0.5, ffn_sparsity=0.5, start_step=2, end_step=6, num_events=3), plans)
+    config = PruningConfig(head_sparsity=0.5, ffn_sparsity=0.5, pruning_start_step=2, pruning_end_step=6,
+                           pruning_events=3)
+    callback = recording(HeadPruningCallback(config), plans)
     args = TrainingArguments(
         output_dir=options.out, max_steps=MAX_STEPS, per_device_train_batch_size=8, learning_rate=1e-3,
         report_to=[], save_strategy="steps", save_steps=SAVE_STEPS, use_cpu=True, seed=0, disable_tqdm=True,

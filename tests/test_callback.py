@@ -28,12 +28,11 @@ class Toy(torch.utils.data.Dataset):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": label}
 
 
-def trainer_for(model, tmp_path, callback, max_steps=8, causal=False, **kwargs):
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=1e-3,
-        report_to=[], logging_steps=1, save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True, **kwargs,
-    )
-    return Trainer(model=model, args=args, train_dataset=Toy(causal=causal), callbacks=[callback])
+def trainer_for(model, tmp_path, callback, max_steps=8, causal=False, trainer_class=Trainer, **kwargs):
+    options = dict(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=1e-3,
+                   report_to=[], logging_steps=1, save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+    args = TrainingArguments(**{**options, **kwargs})
+    return trainer_class(model=model, args=args, train_dataset=Toy(causal=causal), callbacks=[callback])
 
 
 def totals(model):
@@ -134,9 +133,11 @@ def test_resumed_run_ends_with_the_same_shapes(tmp_path):
     ({"head_sparsity": 1.0}, r"\[0, 1\)"),
     ({"ffn_sparsity": -0.1}, r"\[0, 1\)"),
     ({"flops_reduction": 1.5}, r"\[0, 1\)"),
-    ({"importance": "magic"}, "unknown importance"),
+    ({"importance": "magic"}, "importance must be one of"),
     ({"schedule": "exp"}, "schedule"),
     ({"num_events": 3}, "end_step"),
+    ({"start_step": 5, "end_step": 2, "num_events": 2}, "pruning_end_step"),
+    ({"compact": "sometimes"}, "compact must be one of"),
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -145,12 +146,12 @@ def test_bad_arguments_raise(kwargs, message):
 
 def test_end_step_beyond_max_steps_and_unsupported_model_raise(tmp_path):
     with pytest.raises(ValueError, match="max_steps"):
-        trainer_for(make_model("bert"), tmp_path, HeadPruningCallback(0.5, start_step=1, end_step=20, num_events=2))
+        trainer_for(make_model("bert"), tmp_path, HeadPruningCallback(head_sparsity=0.5, start_step=1, end_step=20, num_events=2))
     from transformers import T5Config, T5ForConditionalGeneration
 
     t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50))
     with pytest.raises(ValueError, match="t5"):
-        trainer_for(t5, tmp_path, HeadPruningCallback(0.5))
+        trainer_for(t5, tmp_path, HeadPruningCallback(head_sparsity=0.5))
 
 
 def test_schedules():

@@ -3,6 +3,7 @@
 `DistillationTrainer` is a Trainer whose loss is
     (1 - alpha) * task loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
 with the teacher (usually a frozen copy of the dense starting model) run without gradients on each batch.
+It includes `PruningLogMixin`, so pruning events reach every logger (see hf_prune.training.reporting).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
+
+from .reporting import PruningLogMixin
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
@@ -27,8 +30,11 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kl.mean() * t * t
 
 
-class DistillationTrainer(Trainer):
-    """A Trainer that adds soft-label distillation from `teacher` (default: a frozen copy of the starting model)."""
+class DistillationTrainer(PruningLogMixin, Trainer):
+    """A Trainer that adds soft-label distillation from `teacher` (default: a frozen copy of the starting model).
+
+    Its loggers (report_to integrations, console, log_history) receive HeadPruningCallback's event metrics.
+    """
 
     def __init__(self, *args, teacher: nn.Module | None = None, alpha: float = 0.5, temperature: float = 2.0,
                  **kwargs):

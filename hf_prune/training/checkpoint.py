@@ -1,0 +1,62 @@
+"""The callback's state in Trainer checkpoints (`trainer_state.json`), and shrinking a model to a checkpoint's shapes.
+
+State format: {"args": {"config": PruningConfig fields, "seed": int}, "attributes": {events_done, dense,
+head_masks, neuron_masks, running_scores}}. `args` are the callback's constructor keywords, as the Trainer's
+`restore_callback_states_from_checkpoint` needs. Checkpoints written before PruningConfig existed hold
+{"args": {the old keyword names}, "attributes": {..., head_scores, neuron_scores, accumulated_steps}};
+both resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from ..architecture.config_entry import read_config_entry, write_config_entry
+from ..surgery.width import resize_to_shapes
+from .config import PruningConfig, config_from_keywords
+
+
+def callback_state(config: PruningConfig, seed: int, attributes: dict) -> dict:
+    """The ExportableState dict of a callback."""
+    return {"args": {"config": config.to_dict(), "seed": seed}, "attributes": attributes}
+
+
+def saved_state(state, name: str) -> dict | None:
+    """The state a checkpoint's TrainerState holds for the callback class `name` (the first one), or None."""
+    saved = (getattr(state, "stateful_callbacks", None) or {}).get(name)
+    saved = saved[0] if isinstance(saved, list) and saved else saved
+    return saved if isinstance(saved, dict) else None
+
+
+def saved_config(saved: dict) -> PruningConfig:
+    """The config a saved state was written with, in either format."""
+    args = dict(saved.get("args") or {})
+    if isinstance(args.get("config"), dict):
+        return PruningConfig.from_dict(args["config"])
+    args.pop("seed", None)
+    return config_from_keywords(**args)  # the old keyword names
+
+
+def config_changes(saved: PruningConfig, current: PruningConfig) -> list[str]:
+    """Fields whose value differs between a checkpoint's config and the current one."""
+    return [f.name for f in dataclasses.fields(PruningConfig) if getattr(saved, f.name) != getattr(current, f.name)]
+
+
+def resize_to_checkpoint(model: nn.Module, checkpoint_dir) -> nn.Module:
+    """Shrink `model` to the shapes recorded in a checkpoint's config.json, before the Trainer loads its weights.
+
+    Call it before `trainer.train(resume_from_checkpoint=checkpoint_dir)` when the checkpoint was written
+    after a compaction (the dense weights would not fit otherwise). The kept units' values do not matter:
+    the Trainer overwrites them from the checkpoint.
+    """
+    from transformers import AutoConfig
+
+    entry = read_config_entry(AutoConfig.from_pretrained(checkpoint_dir))
+    if entry is not None:
+        resize_to_shapes(model, entry["heads"], entry["kv_heads"], entry["ffn"])
+        written = write_config_entry(model)
+        if "kept_heads" in entry:
+            written["kept_heads"] = entry["kept_heads"]
+    return model
