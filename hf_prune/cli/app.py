@@ -1,10 +1,11 @@
 """`prune_heads.py` / `hf-prune-heads`: prune and fine-tune on GLUE-style tasks, report, save and push.
 
-Arguments follow transformers' run_glue.py (HfArgumentParser with TrainingArguments, so every Trainer
-flag works). Flow: check every input -> evaluate the dense model -> prune (HeadPruningCallback while
-fine-tuning, or retrain-free: score, plan, mask tuning) -> evaluate again -> write the model, tokenizer,
-pruning_report.json, heads_kept.png and a model card into a temporary folder, moved into `output_dir`
-only when complete -> print a before/after table -> optionally push to the Hub.
+Arguments: hf_prune/cli/arguments.py (run_glue.py style, every Trainer flag works). `run` is a sequence of
+steps: load (check every input, read the data, load the model) -> evaluate the dense model -> prune
+(retrain-free: score, plan, least-squares recovery; or HeadPruningCallback while fine-tuning) -> evaluate
+again -> measure (FLOPs, CPU latency, optional int8 copy) -> write the model, tokenizer, pruning_report.json,
+heads_kept.png and a model card into a temporary folder, moved into `output_dir` only when complete ->
+print a before/after table -> optionally push to the Hub.
 """
 
 from __future__ import annotations
@@ -15,131 +16,266 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-DEMO_DATA_DIR = Path(os.environ.get("HF_PRUNE_CACHE", Path.home() / ".cache" / "hf_prune"))
+from ..training.config import PruningConfig
+from .arguments import CliArguments, DataArguments, ModelArguments, check_args, parse_args
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or folder (pruned checkpoints too)"})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "defaults to model_name_or_path"})
-    revision: str = field(default="main", metadata={"help": "Hub revision"})
-    token: str | None = field(default=None, metadata={"help": "Hub token"})
-    ignore_mismatched_sizes: bool = field(default=False, metadata={
-        "help": "re-initialise a task head whose label count differs (unpruned checkpoints only, as run_glue)"})
+class Job:
+    """The parsed arguments and what `load` made of them, handed from step to step."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    config: PruningConfig
+    cli: CliArguments
+    training: Any  # transformers.TrainingArguments
+    data: Any = None  # TaskData
+    tokenizer: Any = None
+    model: Any = None
+    train_set: Any = None
+    eval_set: Any = None
+    collator: Any = None
+    timings: dict = field(default_factory=dict)
+
+    def evaluate(self, model) -> dict:
+        """Trainer.evaluate on the validation set: {"eval_accuracy": ..., ...}."""
+        from transformers import Trainer
+
+        return Trainer(model=model, args=self.training, eval_dataset=self.eval_set, data_collator=self.collator,
+                       compute_metrics=metrics_fn(self.data)).evaluate()
+
+    def calibration(self):
+        """A DataLoader of --calibration_samples training examples (seeded shuffle): scoring and recovery data."""
+        import torch
+
+        n = min(self.config.calibration_samples, len(self.train_set))
+        subset = self.train_set.shuffle(seed=self.training.seed).select(range(n))
+        return torch.utils.data.DataLoader(subset, batch_size=self.training.per_device_eval_batch_size,
+                                           collate_fn=self.collator)
 
 
 @dataclass
-class DataArguments:
-    task_name: str | None = field(default=None, metadata={"help": "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli"})
-    train_file: str | None = field(default=None, metadata={"help": "csv, tsv or json with sentence(s) and label"})
-    validation_file: str | None = field(default=None, metadata={"help": "same format as train_file"})
-    max_seq_length: int = field(default=128, metadata={"help": "tokens per example (also the FLOPs/latency length)"})
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
+class Outputs:
+    """Where results go: `final_dir` (moved into place when complete), Trainer files in `work_dir`, the Hub repo."""
+
+    final_dir: Path
+    work_dir: Path
+    repo_id: str | None  # set only with --push_to_hub
+    token: str | None
 
 
-@dataclass
-class PruningArguments:
-    preset: str | None = field(default=None, metadata={"help": "'demo': real MiniLM on the offline movie reviews"})
-    head_sparsity: float = field(default=0.0, metadata={"help": "fraction of attention heads to remove, in [0, 1)"})
-    ffn_sparsity: float = field(default=0.0, metadata={"help": "fraction of FFN neurons to remove, in [0, 1)"})
-    flops_reduction: float | None = field(default=None, metadata={"help": "fraction of layer FLOPs to remove"})
-    importance: str = field(default="fisher", metadata={
-        "help": "gradient, fisher, taylor, l1, l2, activation or random",
-        "choices": ["gradient", "fisher", "taylor", "l1", "l2", "activation", "random"]})
-    pruning_start_step: int | None = field(default=None, metadata={"help": "first pruning event (default 10%% of steps)"})
-    pruning_end_step: int | None = field(default=None, metadata={"help": "last pruning event (default 60%% of steps)"})
-    pruning_events: int = field(default=4, metadata={"help": "number of pruning events"})
-    pruning_schedule: str = field(default="cubic", metadata={"choices": ["cubic", "linear"]})
-    pruning_scope: str = field(default="global", metadata={"choices": ["global", "layer"]})
-    min_heads_per_layer: int = field(default=0)
-    head_multiple: int = field(default=1)
-    neuron_multiple: int = field(default=1)
-    retrain_free: bool = field(default=False, metadata={"help": "score, plan and mask-tune without training"})
-    mask_tuning: bool = field(default=True, metadata={"help": "least-squares recovery in --retrain_free"})
-    reconstruct: str = field(default="weights", metadata={
-        "choices": ["weights", "scales"],
-        "help": "what --mask_tuning re-solves: the kept projection weights and bias, or one scale per kept unit"})
-    reselect: bool = field(default=True, metadata={
-        "help": "with --retrain_free weight recovery: keep the plan's per-layer counts but re-choose each layer's "
-                "heads / neurons as those the rest can best rebuild (greedy OBS, hf_prune.reselect_units); "
-                "--no_reselect keeps the scores' choice"})
-    calibration_samples: int = field(default=256, metadata={"help": "training examples used for scoring"})
-    label_free: bool = field(default=False, metadata={"help": "score with the model's own predictions as targets"})
-    distill: bool = field(default=False, metadata={"help": "distil from the dense model while fine-tuning"})
-    distill_alpha: float = field(default=0.5)
-    distill_temperature: float = field(default=2.0)
-    unstructured_sparsity: float = field(default=0.0, metadata={
-        "help": "also zero this fraction of the projection weights by magnitude (unstructured), in [0, 1)"})
-    unstructured_scope: str = field(default="global", metadata={"choices": ["global", "layer"]})
-    quantize_int8: bool = field(default=False, metadata={
-        "help": "also evaluate a dynamic int8 copy for CPU inference and add it to the report"})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a non-empty output_dir"})
-    latency_batch_size: int = field(default=8)
-    latency_repeats: int = field(default=10)
+@contextmanager
+def timed(timings: dict, key: str):
+    """Record the seconds the block took as timings[key]."""
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
 
 
-def demo_args() -> list[str]:
-    """The embedded default: real MiniLM, real movie-review sentences (seeded 80/20 split), 50% heads and FFN."""
-    from hf_prune_assets import minilm_dir
-
-    from .data import movie_review_files
-
-    train, validation = movie_review_files(DEMO_DATA_DIR)
-    return [
-        "--model_name_or_path", str(minilm_dir()), "--train_file", str(train), "--validation_file", str(validation),
-        "--max_seq_length", "64", "--max_eval_samples", "1000",
-        "--head_sparsity", "0.5", "--ffn_sparsity", "0.5", "--importance", "fisher",
-        "--pruning_start_step", "40", "--pruning_end_step", "120", "--pruning_events", "4",
-        "--output_dir", "outputs/demo", "--overwrite_output_dir",
-        "--max_steps", "180", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64",
-        "--learning_rate", "1e-4", "--warmup_steps", "10", "--logging_steps", "20", "--save_strategy", "no",
-        "--report_to", "none", "--seed", "0", "--use_cpu",
-    ]
-
-
-def parse_args(argv: list[str] | None = None):
-    from transformers import HfArgumentParser, TrainingArguments
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--preset" in argv:
-        i = argv.index("--preset")
-        preset = argv[i + 1] if i + 1 < len(argv) else ""
-        if preset != "demo":
-            raise ValueError(f"unknown --preset {preset!r}; the only preset is 'demo'")
-        argv = demo_args() + argv[:i] + argv[i + 2:]  # explicit flags after the preset win
-    parser = HfArgumentParser((ModelArguments, DataArguments, PruningArguments, TrainingArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+def run(model_args, data_args, config, cli_args, training_args) -> dict:
+    """The whole flow; returns the report. Raises ValueError/OSError on bad input before writing anything."""
+    job = Job(model_args, data_args, config, cli_args, training_args)
+    with timed(job.timings, "load_s"):
+        load(job)
+    outputs = redirect_outputs(job.training)
+    with timed(job.timings, "evaluate_dense_s"):
+        before_metrics = job.evaluate(job.model)
+    dense = copy.deepcopy(job.model).eval()
+    before = snapshot(job.model, data_args.max_seq_length)
+    with timed(job.timings, "prune_s"):
+        pruning = prune_retrain_free(job) if config.retrain_free else prune_while_fine_tuning(job, dense)
+    job.model.eval()
+    with timed(job.timings, "evaluate_pruned_s"):
+        after_metrics = job.evaluate(job.model)
+    after = snapshot(job.model, data_args.max_seq_length)
+    report = measure(job, dense, pruning, (before, before_metrics), (after, after_metrics))
+    write_outputs(job, report, outputs)
+    print_summary(report, outputs.final_dir)
+    if outputs.repo_id:
+        push_folder(outputs.final_dir, outputs.repo_id, outputs.token)
+    return report
 
 
-def check_args(model_args, data_args, prune_args, training_args) -> None:
-    """Every check that needs no model or data, before anything is loaded or written."""
-    for name in ("head_sparsity", "ffn_sparsity", "unstructured_sparsity"):
-        value = getattr(prune_args, name)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"--{name} must be in [0, 1), got {value}")
-    if prune_args.flops_reduction is not None:
-        if not 0.0 <= prune_args.flops_reduction < 1.0:
-            raise ValueError(f"--flops_reduction must be in [0, 1), got {prune_args.flops_reduction}")
-        if prune_args.head_sparsity or prune_args.ffn_sparsity:
-            raise ValueError("give --flops_reduction or --head_sparsity/--ffn_sparsity, not both")
-    if model_args.model_name_or_path is None:
-        raise ValueError("--model_name_or_path is required (or use --preset demo)")
-    if data_args.task_name is None and data_args.train_file is None:
-        raise ValueError("give --task_name or --train_file and --validation_file")
-    if data_args.max_seq_length <= 0:
-        raise ValueError(f"--max_seq_length must be positive, got {data_args.max_seq_length}")
-    out = Path(training_args.output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not prune_args.overwrite_output_dir:
-        raise FileExistsError(f"output_dir {out} exists and is not empty: pass --overwrite_output_dir or pick another")
+def load(job: Job) -> None:
+    """Check the arguments, read and check the data, load tokenizer and model, tokenize: before anything is written."""
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from .data import load_task_data, tokenize
+
+    check_args(job.model_args, job.data_args, job.config, job.cli, job.training)
+    args = job.data_args
+    job.data = load_task_data(args.task_name, args.train_file, args.validation_file, args.max_train_samples,
+                              args.max_eval_samples)
+    set_seed(job.training.seed)  # a new task head is initialised reproducibly
+    job.tokenizer, job.model = load_model(job.model_args, job.data, job.training.device)
+    job.train_set, job.eval_set = tokenize(job.data, job.tokenizer, args.max_seq_length)
+    job.collator = DataCollatorWithPadding(job.tokenizer)
 
 
-def _load_model(model_args, data, device):
+def redirect_outputs(training_args) -> Outputs:
+    """Send the Trainer's checkpoints and logs to `<output_dir>.work`; we push the finished folder ourselves, once."""
+    final_dir = Path(training_args.output_dir)
+    repo_id = (training_args.hub_model_id or final_dir.name) if training_args.push_to_hub else None
+    outputs = Outputs(final_dir, final_dir.with_name(final_dir.name + ".work"), repo_id, training_args.hub_token)
+    training_args.output_dir = str(outputs.work_dir)
+    training_args.push_to_hub = False
+    return outputs
+
+
+def make_plan(scores, model, config: PruningConfig):
+    """The PruningPlan of a FLOPs budget (counted at flops_seq_len) or of head/FFN sparsities."""
+    from ..planning.budgets import plan_from_flops, plan_from_sparsity
+
+    if config.flops_reduction is not None:
+        return plan_from_flops(scores, model, flops_reduction=config.flops_reduction, seq_len=config.flops_seq_len,
+                               **config.plan_constraints())
+    return plan_from_sparsity(scores, config.head_sparsity, config.ffn_sparsity, scope=config.pruning_scope,
+                              **config.plan_constraints())
+
+
+def prune_retrain_free(job: Job) -> dict:
+    """Score on calibration data, plan, recover by least squares (or just cut), then unstructured zeros."""
+    from ..importance.compute import compute_importance
+    from ..recovery.mask_tuning import apply_mask_tuning, tune_masks
+    from ..recovery.moments import calibration_moments
+    from ..recovery.reselect import reselect_units
+    from ..unstructured.magnitude import prune_unstructured
+
+    config, model = job.config, job.model
+    calibration = job.calibration()
+    scores = compute_importance(model, calibration, method=config.importance, label_free=config.label_free,
+                                seed=job.training.seed)
+    plan = make_plan(scores, model, config)
+    reselected = config.mask_tuning and config.reconstruct == "weights" and config.reselect
+    if reselected:  # = tune_masks(..., "weights") on the re-chosen plan
+        moments = calibration_moments(model, calibration)
+        plan = reselect_units(model, plan, moments)
+        apply_mask_tuning(model, plan, moments, reconstruct="weights")
+    elif config.mask_tuning:
+        tune_masks(model, plan, calibration, reconstruct=config.reconstruct)
+    else:
+        plan.apply(model)
+    if config.unstructured_sparsity:
+        prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
+    return {"mode": "retrain-free", "schedule": None, "reselected": reselected,
+            "recovery": config.reconstruct if config.mask_tuning else None, "config": config}
+
+
+def fine_tuning_schedule(config: PruningConfig, training_args, n_train: int) -> PruningConfig:
+    """The config with the command line's schedule defaults: events from 10% to 60% of the training steps,
+    4 of them when the schedule spans steps, else 1."""
+    steps = training_args.max_steps
+    if steps is None or steps <= 0:
+        per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        per_step *= max(1, training_args.world_size)
+        steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)
+    start = config.pruning_start_step if config.pruning_start_step is not None else round(0.1 * steps)
+    end = config.pruning_end_step if config.pruning_end_step is not None else max(start, round(0.6 * steps))
+    events = (config.pruning_events if config.pruning_events is not None else 4) if end > start else 1
+    return config.replace(pruning_start_step=start, pruning_end_step=end, pruning_events=events)
+
+
+def make_callback(config: PruningConfig, calibration, seed: int):
+    """HeadPruningCallback for a config whose schedule is complete; scoring data for the non-gradient methods."""
+    from ..training.callback import HeadPruningCallback
+
+    return HeadPruningCallback(config, calibration_dataloader=calibration, seed=seed)
+
+
+def prune_while_fine_tuning(job: Job, dense) -> dict:
+    """Fine-tune with HeadPruningCallback (and, with --distill, distillation from the dense model)."""
+    from ..training.callback import resize_to_checkpoint
+    from ..training.distillation import DistillationTrainer
+    from ..training.reporting import PruningTrainer
+
+    config = fine_tuning_schedule(job.config, job.training, len(job.train_set))
+    calibration = job.calibration()  # --calibration_samples, all scored at an event that needs data
+    config = config.replace(calibration_batches=len(calibration))
+    callback = make_callback(config, calibration, job.training.seed)
+    trainer_class, extra = PruningTrainer, {}  # both trainers hand the pruning events to --report_to loggers
+    if job.cli.distill:
+        trainer_class = DistillationTrainer
+        extra = {"teacher": dense, "alpha": job.cli.distill_alpha, "temperature": job.cli.distill_temperature}
+    resume = job.training.resume_from_checkpoint
+    if resume:
+        resize_to_checkpoint(job.model, resume)
+    trainer = trainer_class(model=job.model, args=job.training, train_dataset=job.train_set,
+                            data_collator=job.collator, callbacks=[callback], **extra)
+    trainer.train(resume_from_checkpoint=resume)
+    job.model = trainer.model
+    schedule = {"start_step": config.pruning_start_step, "end_step": config.pruning_end_step,
+                "num_events": config.pruning_events, "schedule": config.pruning_schedule}
+    return {"mode": "fine-tuned", "schedule": schedule, "reselected": False, "recovery": None, "config": config}
+
+
+def measure(job: Job, dense, pruning: dict, before: tuple[dict, dict], after: tuple[dict, dict]) -> dict:
+    """CPU latency (and the int8 copy) of the dense and the pruned model, and the report of the whole run."""
+    import torch
+
+    from ..deploy.latency import measure_latency
+    from ..unstructured.magnitude import sparsity_report
+    from .metrics import TASK_METRICS
+    from .model_card import base_model_id
+
+    seq_len, cli, config = job.data_args.max_seq_length, job.cli, job.config
+    with timed(job.timings, "latency_s"):
+        latency = measure_latency({"dense": dense.cpu(), "pruned": job.model.cpu()},  # saving is unaffected
+                                  batch_size=cli.latency_batch_size, seq_len=seq_len, repeats=cli.latency_repeats)
+    names = list(TASK_METRICS[job.data.metric_task])
+    (before, before_metrics), (after, after_metrics) = before, after
+    if config.unstructured_sparsity:
+        after["unstructured"] = {k: v for k, v in sparsity_report(job.model).as_dict().items() if k != "per_module"}
+    before.update(metrics={n: before_metrics.get(f"eval_{n}") for n in names}, latency_ms=latency["dense"].median_s * 1e3)
+    after.update(metrics={n: after_metrics.get(f"eval_{n}") for n in names}, latency_ms=latency["pruned"].median_s * 1e3)
+    report = {
+        "model": job.model_args.model_name_or_path,
+        "base_model_id": base_model_id(job.model_args.model_name_or_path, job.model_args.base_model_id),
+        "task": job.data_args.task_name or f"files ({job.data.metric_task})",
+        "metric_names": names,
+        "seq_len": seq_len,
+        "pruning": {"mode": pruning["mode"], "importance": config.importance, "head_sparsity": config.head_sparsity,
+                    "ffn_sparsity": config.ffn_sparsity, "flops_reduction": config.flops_reduction,
+                    "schedule": pruning["schedule"], "distill": cli.distill, "recovery": pruning["recovery"],
+                    "reselected": pruning["reselected"], "config": pruning["config"].to_dict()},
+        "before": before,
+        "after": after,
+        "latency": {"batch_size": cli.latency_batch_size, "seq_len": seq_len, "repeats": cli.latency_repeats,
+                    "threads": torch.get_num_threads(), "dense_median_s": latency["dense"].median_s,
+                    "pruned_median_s": latency["pruned"].median_s,
+                    "speedup": latency["dense"].median_s / latency["pruned"].median_s},
+        "time_s": job.timings,
+    }
+    if cli.quantize_int8:
+        report["quantized_int8"] = quantized_summary(job, dense, names)
+    return report
+
+
+def write_outputs(job: Job, report: dict, outputs: Outputs) -> None:
+    """Model, tokenizer, report, heatmap and model card, moved into place only when all are written."""
+    from ..serialization.atomic import atomic_directory
+    from .model_card import write_model_card
+    from .report import write_heatmap, write_report
+
+    with atomic_directory(outputs.final_dir, overwrite=job.cli.overwrite_output_dir) as tmp:
+        job.model.save_pretrained(tmp)
+        job.tokenizer.save_pretrained(tmp)
+        report["time_s"] = {**job.timings, "total_s": sum(job.timings.values())}
+        write_report(tmp / "pruning_report.json", report)
+        write_heatmap(tmp / "heads_kept.png", report)
+        write_model_card(tmp, report, outputs.repo_id, load_from=outputs.final_dir)
+    save_strategy = job.training.save_strategy
+    if save_strategy == "no" or str(save_strategy).endswith("NO"):
+        shutil.rmtree(outputs.work_dir, ignore_errors=True)
+
+
+def load_model(model_args, data, device):
     """Tokenizer and sequence-classification model; pruned checkpoints through load_pruned."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -170,7 +306,8 @@ def _load_model(model_args, data, device):
     return tokenizer, model.to(device)
 
 
-def _metrics_fn(data):
+def metrics_fn(data):
+    """Trainer's compute_metrics for the task's GLUE metric (argmax of the logits, or the regression value)."""
     from .metrics import load_glue_metric
 
     metric = load_glue_metric(data.metric_task)
@@ -183,26 +320,15 @@ def _metrics_fn(data):
     return compute
 
 
-def _default_schedule(prune_args, training_args, n_train: int) -> tuple[int, int, int]:
-    steps = training_args.max_steps
-    if steps is None or steps <= 0:
-        per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-        per_step *= max(1, training_args.world_size)
-        steps = math.ceil(n_train / per_step) * math.ceil(training_args.num_train_epochs)
-    start = prune_args.pruning_start_step if prune_args.pruning_start_step is not None else round(0.1 * steps)
-    end = prune_args.pruning_end_step if prune_args.pruning_end_step is not None else max(start, round(0.6 * steps))
-    events = prune_args.pruning_events if end > start else 1
-    return start, end, events
-
-
-def _snapshot(model, seq_len: int) -> dict:
+def snapshot(model, seq_len: int) -> dict:
+    """Parameters, layer FLOPs at `seq_len` and per-layer structure of a model."""
     from ..architecture.counting import count_flops, count_parameters
     from .report import structure
 
     return {"parameters": count_parameters(model), "flops": count_flops(model, seq_len), "structure": structure(model)}
 
 
-def _state_dict_bytes(model) -> int:
+def state_dict_bytes(model) -> int:
     """Serialized size of a model's state dict (what torch.save would write)."""
     import io
 
@@ -213,175 +339,32 @@ def _state_dict_bytes(model) -> int:
     return buffer.tell()
 
 
-def _quantized_summary(model, dense, evaluator, names, prune_args, data_args) -> dict:
+def quantized_summary(job, dense, names) -> dict:
     """Metric, size and CPU latency of dynamic int8 copies of the pruned and the dense model."""
     from ..deploy.latency import measure_latency
     from ..deploy.quantize import quantize_dynamic_int8
 
+    model = job.model
     pruned_int8, dense_int8 = quantize_dynamic_int8(model), quantize_dynamic_int8(dense)
-    metrics = evaluator(pruned_int8).evaluate()
+    metrics = job.evaluate(pruned_int8)
     latency = measure_latency({"dense_int8": dense_int8, "pruned_int8": pruned_int8},
-                              batch_size=prune_args.latency_batch_size, seq_len=data_args.max_seq_length,
-                              repeats=prune_args.latency_repeats)
+                              batch_size=job.cli.latency_batch_size, seq_len=job.data_args.max_seq_length,
+                              repeats=job.cli.latency_repeats)
     return {
         "metrics": {n: metrics.get(f"eval_{n}") for n in names},
-        "size_bytes": {"dense_fp32": _state_dict_bytes(dense), "pruned_fp32": _state_dict_bytes(model),
-                       "dense_int8": _state_dict_bytes(dense_int8), "pruned_int8": _state_dict_bytes(pruned_int8)},
+        "size_bytes": {"dense_fp32": state_dict_bytes(dense), "pruned_fp32": state_dict_bytes(model),
+                       "dense_int8": state_dict_bytes(dense_int8), "pruned_int8": state_dict_bytes(pruned_int8)},
         "latency_ms": {k: v.median_s * 1e3 for k, v in latency.items()},
     }
 
 
-def run(model_args, data_args, prune_args, training_args) -> dict:
-    """The whole flow; returns the report. Raises ValueError/OSError on bad input before writing anything."""
-    import torch
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+def print_summary(report: dict, folder: Path) -> None:
+    """The before/after table and where the results are."""
+    from .report import summary_table
 
-    from ..deploy.latency import measure_latency
-    from ..importance.compute import compute_importance
-    from ..planning.budgets import plan_from_flops, plan_from_sparsity
-    from ..recovery.mask_tuning import apply_mask_tuning, tune_masks
-    from ..recovery.moments import calibration_moments
-    from ..recovery.reselect import reselect_units
-    from ..serialization.atomic import atomic_directory
-    from ..training.callback import HeadPruningCallback, resize_to_checkpoint
-    from ..training.distillation import DistillationTrainer
-    from ..unstructured.magnitude import prune_unstructured, sparsity_report
-    from .data import load_task_data, tokenize
-    from .metrics import TASK_METRICS
-    from .report import summary_table, write_heatmap, write_model_card, write_report
-
-    timings, clock = {}, time.perf_counter()
-    check_args(model_args, data_args, prune_args, training_args)
-    data = load_task_data(data_args.task_name, data_args.train_file, data_args.validation_file,
-                          data_args.max_train_samples, data_args.max_eval_samples)
-    set_seed(training_args.seed)  # a new task head is initialised reproducibly
-    tokenizer, model = _load_model(model_args, data, training_args.device)
-    train_set, eval_set = tokenize(data, tokenizer, data_args.max_seq_length)
-    collator = DataCollatorWithPadding(tokenizer)
-    timings["load_s"] = time.perf_counter() - clock
-
-    final_dir = Path(training_args.output_dir)
-    work_dir = final_dir.with_name(final_dir.name + ".work")  # Trainer checkpoints and logs, never the results
-    push, hub_model_id, hub_token = training_args.push_to_hub, training_args.hub_model_id, training_args.hub_token
-    training_args.output_dir = str(work_dir)
-    training_args.push_to_hub = False  # we push the finished folder ourselves, once
-
-    def evaluator(m):
-        return Trainer(model=m, args=training_args, eval_dataset=eval_set, data_collator=collator,
-                       compute_metrics=_metrics_fn(data))
-
-    clock = time.perf_counter()
-    before_metrics = evaluator(model).evaluate()
-    timings["evaluate_dense_s"] = time.perf_counter() - clock
-    dense = copy.deepcopy(model).eval()
-    before = _snapshot(model, data_args.max_seq_length)
-
-    clock = time.perf_counter()
-    common = {"min_heads": prune_args.min_heads_per_layer, "head_multiple": prune_args.head_multiple,
-              "neuron_multiple": prune_args.neuron_multiple}
-    reselected = False  # whether reselect_units ran (retrain-free weight recovery only)
-    if prune_args.retrain_free:
-        mode = "retrain-free"
-        calibration = torch.utils.data.DataLoader(
-            train_set.shuffle(seed=training_args.seed).select(range(min(prune_args.calibration_samples, len(train_set)))),
-            batch_size=training_args.per_device_eval_batch_size, collate_fn=collator)
-        scores = compute_importance(model, calibration, method=prune_args.importance, label_free=prune_args.label_free,
-                                    seed=training_args.seed)
-        if prune_args.flops_reduction is not None:
-            plan = plan_from_flops(scores, model, 1.0 - prune_args.flops_reduction, seq_len=data_args.max_seq_length,
-                                   **common)
-        else:
-            plan = plan_from_sparsity(scores, prune_args.head_sparsity, prune_args.ffn_sparsity,
-                                      scope=prune_args.pruning_scope, **common)
-        reselected = prune_args.mask_tuning and prune_args.reconstruct == "weights" and prune_args.reselect
-        if reselected:  # = tune_masks(..., "weights") on the re-chosen plan
-            moments = calibration_moments(model, calibration)
-            plan = reselect_units(model, plan, moments)
-            apply_mask_tuning(model, plan, moments, reconstruct="weights")
-        elif prune_args.mask_tuning:
-            tune_masks(model, plan, calibration, reconstruct=prune_args.reconstruct)
-        else:
-            plan.apply(model)
-        if prune_args.unstructured_sparsity:
-            prune_unstructured(model, prune_args.unstructured_sparsity, scope=prune_args.unstructured_scope)
-        schedule = None
-    else:
-        mode = "fine-tuned"
-        start, end, events = _default_schedule(prune_args, training_args, len(train_set))
-        schedule = {"start_step": start, "end_step": end, "num_events": events, "schedule": prune_args.pruning_schedule}
-        callback = HeadPruningCallback(
-            head_sparsity=prune_args.head_sparsity, ffn_sparsity=prune_args.ffn_sparsity,
-            flops_reduction=prune_args.flops_reduction, importance=prune_args.importance, scope=prune_args.pruning_scope,
-            seq_len=data_args.max_seq_length, label_free=prune_args.label_free,
-            unstructured_sparsity=prune_args.unstructured_sparsity, unstructured_scope=prune_args.unstructured_scope,
-            **schedule, **common)
-        trainer_class, extra = Trainer, {}
-        if prune_args.distill:
-            trainer_class = DistillationTrainer
-            extra = {"teacher": dense, "alpha": prune_args.distill_alpha, "temperature": prune_args.distill_temperature}
-        resume = training_args.resume_from_checkpoint
-        if resume:
-            resize_to_checkpoint(model, resume)
-        trainer = trainer_class(model=model, args=training_args, train_dataset=train_set, data_collator=collator,
-                                callbacks=[callback], **extra)
-        trainer.train(resume_from_checkpoint=resume)
-        model = trainer.model
-    timings["prune_s"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    model.eval()
-    after_metrics = evaluator(model).evaluate()
-    timings["evaluate_pruned_s"] = time.perf_counter() - clock
-    after = _snapshot(model, data_args.max_seq_length)
-
-    clock = time.perf_counter()
-    latency = measure_latency({"dense": dense.cpu(), "pruned": model.cpu()},  # CPU latency; saving is unaffected
-                              batch_size=prune_args.latency_batch_size, seq_len=data_args.max_seq_length,
-                              repeats=prune_args.latency_repeats)
-    timings["latency_s"] = time.perf_counter() - clock
-    names = list(TASK_METRICS[data.metric_task])
-    quantized = _quantized_summary(model, dense, evaluator, names, prune_args, data_args) if prune_args.quantize_int8 \
-        else None
-    if prune_args.unstructured_sparsity:
-        after["unstructured"] = {k: v for k, v in sparsity_report(model).as_dict().items() if k != "per_module"}
-    before.update(metrics={n: before_metrics.get(f"eval_{n}") for n in names}, latency_ms=latency["dense"].median_s * 1e3)
-    after.update(metrics={n: after_metrics.get(f"eval_{n}") for n in names}, latency_ms=latency["pruned"].median_s * 1e3)
-    report = {
-        "model": model_args.model_name_or_path,
-        "task": data_args.task_name or f"files ({data.metric_task})",
-        "metric_names": names,
-        "seq_len": data_args.max_seq_length,
-        "pruning": {"mode": mode, "importance": prune_args.importance, "head_sparsity": prune_args.head_sparsity,
-                    "ffn_sparsity": prune_args.ffn_sparsity, "flops_reduction": prune_args.flops_reduction,
-                    "schedule": schedule, "distill": prune_args.distill,
-                    "recovery": prune_args.reconstruct if mode == "retrain-free" and prune_args.mask_tuning else None,
-                    "reselected": reselected},
-        "before": before,
-        "after": after,
-        "latency": {"batch_size": prune_args.latency_batch_size, "seq_len": data_args.max_seq_length,
-                    "repeats": prune_args.latency_repeats, "threads": torch.get_num_threads(),
-                    "dense_median_s": latency["dense"].median_s, "pruned_median_s": latency["pruned"].median_s,
-                    "speedup": latency["dense"].median_s / latency["pruned"].median_s},
-        "time_s": timings,
-    }
-    if quantized is not None:
-        report["quantized_int8"] = quantized
-
-    with atomic_directory(final_dir, overwrite=prune_args.overwrite_output_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        report["time_s"]["total_s"] = sum(timings.values())
-        write_report(tmp / "pruning_report.json", report)
-        write_heatmap(tmp / "heads_kept.png", report)
-        write_model_card(tmp, report, model_args.model_name_or_path, hub_model_id)
-    if training_args.save_strategy == "no" or str(training_args.save_strategy).endswith("NO"):
-        shutil.rmtree(work_dir, ignore_errors=True)
     print(summary_table(report))
-    print(f"\nsaved to {final_dir} (pruning_report.json, heads_kept.png, README.md); "
-          f"reload with hf_prune.load_pruned({str(final_dir)!r})")
-    if push:
-        push_folder(final_dir, hub_model_id or final_dir.name, hub_token)
-    return report
+    print(f"\nsaved to {folder} (pruning_report.json, heads_kept.png, README.md); "
+          f"reload with hf_prune.load_pruned({str(folder)!r})")
 
 
 def push_folder(folder: Path, repo_id: str, token: str | None = None) -> str:

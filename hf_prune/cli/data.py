@@ -1,11 +1,12 @@
 """GLUE-style data for the command line: GLUE tasks through `datasets`, or csv/tsv/json files, checked up front.
 
-Every problem (unknown task, missing file or column, validation labels unseen in training) raises one
+Every problem (unknown task, missing file or column, missing labels, validation labels unseen in training) raises one
 ValueError or FileNotFoundError that names it and the fix, before anything is trained or written.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def load_task_data(task_name: str | None = None, train_file: str | None = None, 
             missing = [c for c in (*filter(None, text), "label") if c not in columns[split]]
             if missing:
                 raise ValueError(f"--{split}_file {file} has no column {missing[0]!r} (columns: {columns[split]})")
+        for split, file in (("train", train_file), ("validation", validation_file)):
+            check_labels(raw[split]["label"], f"--{split}_file {file}")
         data = _label_files(raw, text, validation_file)
     if max_train_samples is not None:
         data.train = data.train.select(range(min(max_train_samples, len(data.train))))
@@ -120,6 +123,13 @@ def load_task_data(task_name: str | None = None, train_file: str | None = None, 
     if len(data.train) == 0 or len(data.validation) == 0:
         raise ValueError("the training and validation data must not be empty")
     return data
+
+
+def check_labels(labels, where: str) -> None:
+    """ValueError naming the first data row (1-based, header not counted) whose label is empty or NaN."""
+    for row, value in enumerate(labels, start=1):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise ValueError(f"{where}: data row {row} has no label (empty or NaN); fill it in or remove the row")
 
 
 def _label_files(raw: datasets.DatasetDict, text, validation_file: str) -> TaskData:
@@ -160,7 +170,7 @@ def tokenize(data: TaskData, tokenizer, max_seq_length: int) -> tuple[datasets.D
 
 
 def movie_review_files(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write the offline movie-review sentences (hf_prune.assets) as train/validation csv files, for the demo."""
+    """Write the offline movie-review sentences (hf_prune_assets) as train/validation csv files, for the demo."""
     import csv
     import io
 

@@ -1,4 +1,4 @@
-"""What a pruning run leaves behind for people: pruning_report.json, a PNG heatmap, a printed table, a model card."""
+"""What a pruning run leaves behind for people: pruning_report.json, a PNG heatmap, a printed table (card: model_card.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from ..architecture.shapes import layer_shapes
-from ..serialization.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..serialization.atomic import atomic_write_bytes, atomic_write_json
 
 
 def structure(model) -> dict:
@@ -110,41 +110,3 @@ def summary_table(report: dict) -> str:
     lines.append("heads kept per layer: " + " ".join(map(str, after["structure"]["heads_per_layer"])))
     lines.append("FFN width per layer:  " + " ".join(map(str, after["structure"]["ffn_per_layer"])))
     return "\n".join(lines)
-
-
-def model_card_text(report: dict, base_model: str, repo_id: str | None = None) -> str:
-    """A Hub model card (README.md) made with huggingface_hub's ModelCard: base_model, a `pruned` tag, metrics."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(base_model=base_model if "/" in base_model or not Path(base_model).exists() else None,
-                         library_name="transformers", tags=["pruned", "hf_prune", "structured-pruning"])
-    name = repo_id or "this model"
-    content = f"""---
-{data.to_yaml()}
----
-
-# {name}
-
-A structurally pruned version of `{base_model}`, made with hf_prune: attention heads
-and FFN neurons were removed physically, so this is a smaller dense model.
-
-## Pruning
-
-{summary_table(report)}
-
-Task: {report['task']}. Importance: {report['pruning']['importance']}. Mode: {report['pruning']['mode']}.
-
-## How to load
-
-Layers have different numbers of heads / FFN widths, recorded in `config.json` (`hf_prune`):
-
-```python
-from hf_prune import load_pruned
-model = load_pruned("{repo_id or 'path/to/this/folder'}")
-```
-"""
-    return str(ModelCard(content))
-
-
-def write_model_card(folder: str | Path, report: dict, base_model: str, repo_id: str | None = None) -> None:
-    atomic_write_text(Path(folder) / "README.md", model_card_text(report, base_model, repo_id))

@@ -5,6 +5,7 @@ Load with `evaluate.load(path_to_this_folder, config_name=task)`, or `hf_prune.c
 
 import datasets
 import evaluate
+
 from hf_prune.cli.metrics.core import TASK_METRICS, compute_metrics
 
 _DESCRIPTION = "GLUE task metrics computed locally (hf_prune); config_name is the task, e.g. 'sst2' or 'stsb'."
