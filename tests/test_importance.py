@@ -248,3 +248,30 @@ def test_two_processes_match_one(tmp_path):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-10)
         for a, b in zip(ranks[0].heads + ranks[0].neurons, ranks[1].heads + ranks[1].neurons):
             assert torch.equal(a, b)  # identical on every process
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_gates_live_on_each_layers_device(model_type):
+    """A model spread over devices (device_map): every gate sits with its own layer's projections.
+
+    CPU-only stand-in for a second accelerator: layer 1 is moved to the meta device.
+    """
+    from hf_prune import attach_gates
+
+    model = make_model(model_type)
+    layout = get_layout(model)
+    layers = get_layers(model, layout)
+    layers[1].to("meta")
+    with attach_gates(model) as gates:
+        for i, (heads, neurons) in enumerate(zip(gates.heads, gates.neurons)):
+            expected = get_submodule(layers[i], layout.o).weight.device
+            assert heads.device == expected and neurons.device == expected, i
+        assert gates.heads[1].device.type == "meta" and gates.heads[0].device.type == "cpu"
+
+
+def test_inputs_go_to_the_embeddings_device():
+    from hf_prune.utils import input_device
+
+    model = make_model("llama")
+    model.get_input_embeddings().to("meta")  # the first device of a spread model
+    assert input_device(model).type == "meta"
