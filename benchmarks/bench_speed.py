@@ -24,13 +24,11 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
@@ -41,7 +39,8 @@ from hf_prune.serialization.atomic import atomic_write_json
 from hf_prune.surgery.width import prune_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import command_line  # noqa: E402  (benchmarks/provenance.py)
+from provenance import OtherLoad, command_line  # noqa: E402  (benchmarks/provenance.py)
+from provenance import machine_info as provenance_machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
 TARGET_SHARE = 0.95
@@ -80,36 +79,6 @@ def whole_forward_flops(model: BertModel, batch_size: int, seq_len: int) -> int:
     return counter.get_total_flops()
 
 
-class OtherLoad:
-    """CPU cores used by *other* processes while a block runs (Linux /proc/stat; None elsewhere).
-
-    On a shared machine another busy process makes a multi-threaded forward wait at every parallel
-    op for a descheduled thread: a fixed cost per op, not per FLOP, which pulls speedups toward 1.
-    """
-
-    def __enter__(self):
-        self.start = self._snapshot()
-        return self
-
-    def __exit__(self, *exc):
-        end = self._snapshot()
-        self.cores = None
-        if self.start is not None and end is not None:
-            (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
-            self.cores = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (wall1 - wall0))
-
-    @staticmethod
-    def _snapshot():
-        try:
-            with open("/proc/stat") as handle:
-                ticks = [int(v) for v in handle.readline().split()[1:]]  # user nice system idle iowait irq softirq steal
-        except (OSError, ValueError):
-            return None
-        busy = sum(ticks[i] for i in (0, 1, 2, 5, 6, 7) if i < len(ticks)) / os.sysconf("SC_CLK_TCK")
-        own = os.times()
-        return busy, own.user + own.system, time.perf_counter()
-
-
 def wait_for_quiet(timeout_s: float, max_cores: float = 0.25) -> float | None:
     """Wait (up to `timeout_s`) until other processes use under `max_cores` over one second; the last load seen."""
     deadline = time.monotonic() + timeout_s
@@ -121,20 +90,7 @@ def wait_for_quiet(timeout_s: float, max_cores: float = 0.25) -> float | None:
 
 
 def machine_info(threads: int) -> dict:
-    processor = platform.processor()
-    if not processor and os.path.exists("/proc/cpuinfo"):  # empty on many Linux builds
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        processor = names[0] if names else ""
-    return {
-        "processor": processor or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-    }
+    return {**provenance_machine_info(threads), "mkldnn": torch.backends.mkldnn.is_available()}
 
 
 def run(sparsities, batch_sizes, seq_len: int, repeats: int, warmup: int, threads: int, wait_quiet_s: float = 0.0) -> list[dict]:
