@@ -9,6 +9,8 @@ from .deploy.latency import LatencyStats, measure_latency
 from .deploy.quantize import quantize_dynamic_int8
 from .importance.compute import compute_importance
 from .importance.estimators import METHODS as IMPORTANCE_METHODS
+from .importance.layers import LAYER_METHODS as LAYER_IMPORTANCE_METHODS
+from .importance.layers import LayerScores, compute_layer_importance
 from .importance.scores import ImportanceScores
 from .planning.budgets import plan_from_flops, plan_from_sparsity
 from .planning.plan import PruningPlan
@@ -18,6 +20,7 @@ from .recovery.reselect import reconstruction_scores, reselect_units
 from .serialization.loading import load_pruned
 from .serialization.saving import save_pruned
 from .serialization.sparse import load_sparse, save_sparse
+from .surgery.depth import drop_layers
 from .surgery.width import prune_model
 from .training.callback import HeadPruningCallback, resize_to_checkpoint
 from .training.config import PruningConfig
@@ -42,6 +45,9 @@ __all__ = [
     "reinitialize",
     "LotteryTicketRewinder",
     "IMPORTANCE_METHODS",
+    "LAYER_IMPORTANCE_METHODS",
+    "LayerScores",
+    "compute_layer_importance",
     "DistillationTrainer",
     "HeadPruningCallback",
     "ImportanceScores",
@@ -57,6 +63,7 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "distillation_loss",
+    "drop_layers",
     "get_layout",
     "layer_shapes",
     "load_pruned",

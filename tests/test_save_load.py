@@ -25,7 +25,7 @@ def test_save_then_load_pruned_gives_identical_logits(model_type, tmp_path):
     model.save_pretrained(tmp_path)
 
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["hf_prune"]["format_version"] == 1 and saved["hf_prune"]["heads"] == model.config.hf_prune["heads"]
+    assert saved["hf_prune"]["format_version"] == 2 and saved["hf_prune"]["heads"] == model.config.hf_prune["heads"]
 
     loaded = load_pruned(tmp_path)
     assert type(loaded) is type(model)
@@ -103,7 +103,7 @@ def test_loaded_model_can_be_pruned_saved_and_loaded_again(tmp_path):
     final = load_pruned(tmp_path / "b")
     assert [s.heads for s in layer_shapes(final)] == [2, 4, 0]
     assert [s.ffn for s in layer_shapes(final)] == [36, 0, 37]
-    assert final.config.hf_prune["base"] == {"heads": 4, "kv_heads": 4, "ffn": 37}
+    assert final.config.hf_prune["base"] == {"heads": 4, "kv_heads": 4, "ffn": 37, "num_layers": 3}
     torch.testing.assert_close(logits(final, make_inputs()), logits(again, make_inputs()), atol=0, rtol=0)
 
 

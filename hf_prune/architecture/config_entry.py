@@ -1,4 +1,8 @@
-"""The versioned `hf_prune` entry of config.json: per-layer widths of a pruned model.
+"""The versioned `hf_prune` entry of config.json: per-layer widths of a pruned model, and which layers remain.
+
+Format 2 adds `layers` (the original indices of the layers that remain, after depth pruning) and
+`base.num_layers` (the original layer count); format 1 entries (no depth pruning) still read, as
+`layers = [0, 1, ..., n - 1]`.
 
 Writing it on `model.config` is enough for `save_pretrained`, Trainer checkpoints and `push_to_hub`
 to carry it (v5 configs keep unknown keys). Reading it validates every field before anything is
@@ -13,7 +17,7 @@ from .layouts import get_layout
 from .shapes import layer_shapes
 
 ENTRY_KEY = "hf_prune"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _config_int(config, key: str | None, default=None):
@@ -31,17 +35,44 @@ def dense_widths(config) -> dict[str, int]:
     return {"heads": heads, "kv_heads": kv_heads, "ffn": ffn}
 
 
-def write_config_entry(model: nn.Module) -> dict:
-    """Record the model's current per-layer widths in `model.config.hf_prune` (and plain keys when uniform)."""
+def layer_history(config, n_layers: int) -> tuple[list[int], int]:
+    """(original indices of the current `n_layers` layers, original layer count), from the config's entry.
+
+    Without a usable record (no entry, a format 1 entry, or one that does not match `n_layers`), the layers
+    are taken as never dropped: `(list(range(n_layers)), n_layers)`.
+    """
+    entry = getattr(config, ENTRY_KEY, None)
+    if isinstance(entry, dict):
+        layers, base = entry.get("layers"), entry.get("base")
+        total = base.get("num_layers") if isinstance(base, dict) else None
+        if (
+            isinstance(layers, list) and len(layers) == n_layers and all(_is_int(i) for i in layers)
+            and _is_int(total) and all(0 <= i < total for i in layers)
+        ):
+            return list(layers), total
+    return list(range(n_layers)), n_layers
+
+
+def write_config_entry(model: nn.Module, layers: list[int] | None = None, total_layers: int | None = None) -> dict:
+    """Record the model's current per-layer widths in `model.config.hf_prune` (and plain keys when uniform).
+
+    layers, total_layers: the original indices of the current layers and the original layer count (depth
+    surgery passes them); by default they are carried over from the existing entry.
+    """
     config = model.config
     layout = get_layout(model)
     shapes = layer_shapes(model)
     previous = getattr(config, ENTRY_KEY, None)
+    if layers is None:
+        layers, total_layers = layer_history(config, len(shapes))
     base = previous["base"] if isinstance(previous, dict) and "base" in previous else dense_widths(config)
+    base = {key: base[key] for key in ("heads", "kv_heads", "ffn")}
+    base["num_layers"] = int(total_layers if total_layers is not None else len(shapes))
     entry = {
         "format_version": FORMAT_VERSION,
         "family": layout.family,
         "num_layers": len(shapes),
+        "layers": [int(i) for i in layers],
         "head_dim": shapes[0].head_dim if shapes else 0,
         "heads": [s.heads for s in shapes],
         "kv_heads": [s.kv_heads for s in shapes],
@@ -167,6 +198,7 @@ def read_config_entry(config) -> dict | None:
     if declared != n_layers:
         raise ValueError(f"{_where('num_layers')} is {_short(declared)} but the config has {n_layers} layers")
     base = _read_base(entry, config, layout)
+    layers, base["num_layers"] = _read_layers(entry, version, n_layers)
     head_dim = _field(entry, "head_dim", int, "a positive integer")
     if head_dim <= 0:
         raise ValueError(f"{_where('head_dim')} must be a positive integer, got {head_dim}")
@@ -182,4 +214,24 @@ def read_config_entry(config) -> dict | None:
                 f"config.json `{ENTRY_KEY}` layer {i}: {h} query heads over {k} key/value heads cannot be built "
                 f"(each group must keep the same number of heads, at most {base_group})"
             )
-    return {**entry, "base": base, "heads": heads, "kv_heads": kv_heads, "ffn": ffn, "head_dim": head_dim}
+    return {
+        **entry, "base": base, "layers": layers,
+        "heads": heads, "kv_heads": kv_heads, "ffn": ffn, "head_dim": head_dim,
+    }
+
+
+def _read_layers(entry: dict, version: int, n_layers: int) -> tuple[list[int], int]:
+    """`layers` and `base.num_layers` (format 2): which original layers remain, out of how many; format 1: all."""
+    if version < 2:
+        return list(range(n_layers)), n_layers
+    total = entry["base"].get("num_layers")
+    if not _is_int(total) or total < n_layers:
+        raise ValueError(
+            f"{_where('base.num_layers')} must be an integer of at least {n_layers} (the config's layers), got {_short(total)}"
+        )
+    layers = _int_list(entry, "layers", n_layers, total - 1)
+    if any(a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(
+            f"{_where('layers')} must list distinct original layer indices in increasing order, got {_short(layers)}"
+        )
+    return layers, total

@@ -39,6 +39,8 @@ class Layout:
     config_kv_heads: str | None = None  # GQA only
     config_ffn: str = "intermediate_size"
     config_head_dim: str | None = None  # when the config carries head_dim, head counts can be written plainly
+    config_layers: str = "num_hidden_layers"  # config key with the number of layers
+    inverse_index_scaling: str | None = None  # config flag: `attention.scaling` is divided by (layer_idx + 1)
 
     @property
     def grouped(self) -> bool:
@@ -77,6 +79,7 @@ DISTILBERT = Layout(
     head_count_attrs=("n_heads",),
     config_heads="n_heads",
     config_ffn="hidden_dim",
+    config_layers="n_layers",
 )
 
 GPT2 = Layout(
@@ -98,6 +101,8 @@ GPT2 = Layout(
     width_attrs=("split_size",),
     config_heads="n_head",
     config_ffn="n_inner",
+    config_layers="n_layer",
+    inverse_index_scaling="scale_attn_by_inverse_layer_idx",
 )
 
 OPT = Layout(

@@ -99,7 +99,7 @@ def model_loss(model: nn.Module, batch: dict, label_free: bool) -> torch.Tensor:
 
 
 @contextmanager
-def _frozen_except(model: nn.Module, trainable: list[nn.Parameter]) -> Iterator[None]:
+def frozen_except(model: nn.Module, trainable: list[nn.Parameter]) -> Iterator[None]:
     """Eval mode; only `trainable` parameters require grad, grads cleared; everything restored on exit."""
     keep = {id(p) for p in trainable}
     saved = {p: (p.requires_grad, p.grad) for p in model.parameters()}
@@ -139,7 +139,7 @@ def _reduced(heads: list[torch.Tensor], neurons: list[torch.Tensor], extra: list
 def _gate_gradients(run: ScoringRun, transform: Callable[[torch.Tensor], torch.Tensor]):
     """Sum over batches of transform(dL/dg) for every gate; sums stay on each gate's device until the end."""
     n_batches = 0
-    with _frozen_except(run.model, []), attach_gates(run.model, requires_grad=True) as gates:
+    with frozen_except(run.model, []), attach_gates(run.model, requires_grad=True) as gates:
         wrt = gates.heads + gates.neurons
         sums = [torch.zeros_like(g, dtype=torch.float64 if g.device.type != "mps" else torch.float32) for g in wrt]
         for batch in run.iterate():
@@ -167,7 +167,7 @@ def taylor_scores(run: ScoringRun) -> Scores:
     params = [p for layer in layers for group in unit_parameters(layer, run.layout).values() for _, p in group]
     grads = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}  # dL/dw summed over batches
     n_batches = 0
-    with _frozen_except(run.model, params):
+    with frozen_except(run.model, params):
         for batch in run.iterate():
             step = torch.autograd.grad(model_loss(run.model, batch, run.label_free), params, allow_unused=True)
             for p, g in zip(params, step):

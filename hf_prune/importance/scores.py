@@ -1,4 +1,5 @@
-"""`ImportanceScores`: one score per attention head and per FFN neuron of every layer, saveable as safetensors."""
+"""`ImportanceScores`: one score per attention head and per FFN neuron of every layer (and optionally one per
+layer), saveable as safetensors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class ImportanceScores:
     kv_heads: list[int]  # key/value heads per layer (== query heads without grouped-query attention)
     method: str
     num_batches: int = 0
+    layers: list[float] | torch.Tensor | None = None  # optional: one score per layer (`compute_layer_importance`)
 
     @property
     def groups(self) -> list[torch.Tensor]:
@@ -39,6 +41,8 @@ class ImportanceScores:
         """Write to a safetensors file (atomically: temp file, then os.replace)."""
         tensors = {f"heads.{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.heads)}
         tensors.update({f"neurons.{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.neurons)})
+        if self.layers is not None:
+            tensors["layers"] = torch.as_tensor(self.layers, dtype=torch.float64).detach().cpu().reshape(-1).contiguous()
         metadata = {
             "method": self.method,
             "kv_heads": json.dumps(list(self.kv_heads)),
@@ -57,6 +61,8 @@ class ImportanceScores:
             n = int(meta["num_layers"])
             heads = [f.get_tensor(f"heads.{i}") for i in range(n)]
             neurons = [f.get_tensor(f"neurons.{i}") for i in range(n)]
-        return cls(heads, neurons, json.loads(meta["kv_heads"]), meta["method"], int(meta.get("num_batches", 0)))
+            layers = f.get_tensor("layers").tolist() if "layers" in f.keys() else None  # absent in older files
+        return cls(heads, neurons, json.loads(meta["kv_heads"]), meta["method"], int(meta.get("num_batches", 0)),
+                   layers=layers)
 
 

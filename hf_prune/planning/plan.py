@@ -10,6 +10,7 @@ from torch import nn
 
 from ..architecture.shapes import layer_shapes
 from ..serialization.atomic import atomic_write_text
+from ..surgery.depth import as_layer_index
 from ..surgery.width import prune_model
 
 
@@ -19,28 +20,40 @@ def _int_keys(mapping) -> dict[int, list[int]]:
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """What to remove: {layer: [query head indices]} and {layer: [FFN neuron indices]}, plus metadata."""
+    """What to remove: {layer: [query head indices]}, {layer: [FFN neuron indices]} and [whole layers], plus metadata.
+
+    All layer indices refer to the model's layers before the plan is applied (heads and neurons are cut
+    first, layers removed last, as `prune_model` does).
+    """
 
     heads: dict[int, list[int]] = field(default_factory=dict)
     neurons: dict[int, list[int]] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    layers: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         object.__setattr__(self, "heads", _int_keys(self.heads))
         object.__setattr__(self, "neurons", _int_keys(self.neurons))
+        if isinstance(self.layers, (str, bytes, dict)) or not hasattr(self.layers, "__iter__"):
+            raise ValueError(f"`layers` of a pruning plan must be a list of layer indices, got {self.layers!r}")
+        object.__setattr__(self, "layers", sorted(as_layer_index(i, "index in `layers`") for i in self.layers))
 
     def to_dict(self) -> dict:
         return {
             "heads": {str(k): v for k, v in self.heads.items()},
             "neurons": {str(k): v for k, v in self.neurons.items()},
+            "layers": list(self.layers),
             "metadata": self.metadata,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
+        """A plan from `to_dict`'s form; plans written before `layers` existed load with no layer removed."""
         if not isinstance(data, dict) or not {"heads", "neurons"} <= set(data):
-            raise ValueError("a pruning plan is a dict with keys 'heads' and 'neurons' (and optional 'metadata')")
-        return cls(data["heads"], data["neurons"], data.get("metadata", {}))
+            raise ValueError(
+                "a pruning plan is a dict with keys 'heads' and 'neurons' (and optional 'layers' and 'metadata')"
+            )
+        return cls(data["heads"], data["neurons"], data.get("metadata", {}), data.get("layers", []))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -78,6 +91,6 @@ class PruningPlan:
                 raise ValueError(f"the plan was made for {key} widths {shapes[key]}, but the model has {have[key]}")
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Check the model's widths, then `prune_model(model, heads=..., neurons=...)`."""
+        """Check the model's widths, then `prune_model(model, heads=..., neurons=..., layers=...)`."""
         self.check_model(model)
-        return prune_model(model, heads=self.heads, neurons=self.neurons)
+        return prune_model(model, heads=self.heads, neurons=self.neurons, layers=self.layers)

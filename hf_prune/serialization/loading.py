@@ -1,7 +1,9 @@
 """`load_pruned`: rebuild a pruned model's shapes from config.json, then let `from_pretrained` load the weights.
 
 The model class is subclassed for the duration of the load only: its `__init__` builds the dense
-skeleton (on the meta device, under `from_pretrained`) and shrinks it to the recorded widths, so
+skeleton (on the meta device, under `from_pretrained`; with the config's layer count, so depth-pruned
+models are built with their remaining layers only), shrinks it to the recorded widths and gives each
+layer the index-dependent behaviour of its original position, so
 no dense copy is ever materialised and dtype, device_map, quantization and the rest pass through.
 """
 
@@ -18,6 +20,7 @@ from transformers import AutoConfig, PreTrainedModel
 from ..architecture.config_entry import read_config_entry
 from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shape, layer_shapes
+from ..surgery.depth import restore_original_indices
 from ..surgery.width import resize_to_shapes
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder", "proxies")
@@ -85,6 +88,7 @@ def _pruned_builder(cls: type[PreTrainedModel], entry: dict) -> type[PreTrainedM
         cls.__init__(self, config, *args, **kwargs)
         _check_buildable(self, entry)
         resize_to_shapes(self, entry["heads"], entry["kv_heads"], entry["ffn"])
+        restore_original_indices(self, entry["layers"])  # e.g. GPT-2's per-layer attention scaling
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
 

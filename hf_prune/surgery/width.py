@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..architecture.config_entry import write_config_entry
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import LayerShape, layer_shape, layer_shapes
+from .depth import drop_layers, validate_layers
 
 # ----------------------------------------------------------------------------- weight slicing
 
@@ -238,12 +239,17 @@ def plan_cuts(model: nn.Module, heads=None, neurons=None) -> dict[int, tuple]:
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, heads=None, neurons=None, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
-    """Remove attention heads and FFN neurons in place and return the model.
+def prune_model(
+    model: nn.Module, heads=None, neurons=None, layers=None, optimizer: torch.optim.Optimizer | None = None
+) -> nn.Module:
+    """Remove attention heads, FFN neurons and whole layers in place and return the model.
 
     heads:   {layer index: [query head indices]}, indices into the layer's *current* heads.
     neurons: {layer index: [FFN neuron indices]}, indices into the layer's *current* FFN width.
+    layers:  [layer indices] to remove entirely (see `drop_layers`).
 
+    Every layer index refers to the layers *before* the call: heads and neurons are cut first, layers removed
+    last; a request that removes a layer and also lists heads or neurons of it is refused.
     The whole request is validated before anything changes (ValueError otherwise). With grouped-query
     attention, a request must remove whole key/value groups or the same number of heads from each group.
     The per-layer widths are recorded in `model.config.hf_prune`, so `save_pretrained` carries them.
@@ -252,11 +258,18 @@ def prune_model(model: nn.Module, heads=None, neurons=None, optimizer: torch.opt
     """
     layout = get_layout(model)
     cuts = plan_cuts(model, heads, neurons)
-    layers = get_layers(model, layout)
+    layers_module = get_layers(model, layout)
+    remove = validate_layers(layers, len(layers_module))
+    both = sorted(set(remove) & set(cuts))
+    if both:
+        raise ValueError(
+            f"layer(s) {both} are removed by `layers` and also listed in `heads` or `neurons`: "
+            f"list each layer in one of them only"
+        )
     state = optimizer.state if optimizer is not None else None
     kept = _original_heads(model)
     for idx, (keep_heads, keep_kv, keep_neurons) in cuts.items():
-        layer = layers[idx]
+        layer = layers_module[idx]
         if keep_heads is not None:
             _cut_heads(layer, layout, keep_heads, keep_kv, state)
         if keep_neurons is not None:
@@ -267,6 +280,8 @@ def prune_model(model: nn.Module, heads=None, neurons=None, optimizer: torch.opt
     entry = write_config_entry(model)
     if kept is not None:
         entry["kept_heads"] = kept  # original (dense) indices of the heads each layer keeps
+    if remove:
+        drop_layers(model, remove, optimizer=optimizer)  # last, so every index above meant the layers before the call
     return model
 
 
