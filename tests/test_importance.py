@@ -2,12 +2,10 @@
 as it was, label-free targets, save/load, and two processes agree with one."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from gloo_workers import run_two_processes
 from tiny_models import make_inputs, make_model
 
 from hf_prune import get_layout, layer_shapes, prune_model
@@ -201,43 +199,21 @@ def test_bad_input_raises_value_error():
     assert not any(m._forward_pre_hooks for m in model.modules())
 
 
-WORKER = textwrap.dedent(
-    """
-    import sys
-    import torch
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-    sys.path.insert(0, {tests!r})
+WORKER = """
+from test_importance import batches
+from tiny_models import make_model
+from hf_prune.importance import compute_importance
 
-
-    def main(rank, world):
-        from test_importance import batches
-        from tiny_models import make_model
-        from hf_prune.importance import compute_importance
-
-        dist.init_process_group("gloo", init_method="file://{out}/store", rank=rank, world_size=world)
-        torch.set_num_threads(1)
-        model = make_model("bert")
-        shard = batches("bert", n=4)[rank::world]
-        for method in ("gradient", "fisher", "taylor", "activation"):
-            compute_importance(model, shard, method).save(f"{out}/{{method}}.{{rank}}.safetensors")
-        dist.destroy_process_group()
-
-
-    if __name__ == "__main__":
-        mp.spawn(main, args=(2,), nprocs=2)
-    """
-)
+model = make_model("bert")
+shard = batches("bert", n=4)[rank::world]
+for method in ("gradient", "fisher", "taylor", "activation"):
+    compute_importance(model, shard, method).save(f"{out}/{{method}}.{{rank}}.safetensors")
+"""
 
 
 def test_two_processes_match_one(tmp_path):
     """Two gloo processes (torch.multiprocessing.spawn), each on half the batches, all-reduce to the 1-process scores."""
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=tests, out=str(tmp_path)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(tests), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes(WORKER, tmp_path)
     model = make_model("bert")
     for method in ("gradient", "fisher", "taylor", "activation"):
         single = compute_importance(model, batches("bert", n=4), method)

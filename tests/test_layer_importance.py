@@ -2,14 +2,11 @@
 lengths, label-free targets, save/load, the model left as it was, bad input, and two processes agree with one."""
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo_workers import run_two_processes
 from test_importance import batches
 from tiny_models import make_model
 
@@ -211,42 +208,21 @@ def test_bad_input_raises_value_error():
     assert all(p.grad is None for p in model.parameters())
 
 
-WORKER = textwrap.dedent(
-    """
-    import sys
-    import torch
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-    sys.path.insert(0, {tests!r})
+WORKER = """
+from gloo_workers import run_two_processes
+from test_importance import batches
+from tiny_models import make_model
+from hf_prune.importance import compute_layer_importance
 
-
-    def main(rank, world):
-        from test_importance import batches
-        from tiny_models import make_model
-        from hf_prune.importance import compute_layer_importance
-
-        dist.init_process_group("gloo", init_method="file://{out}/store", rank=rank, world_size=world)
-        torch.set_num_threads(1)
-        model = make_model("llama")
-        shard = batches("llama", n=4)[rank::world]
-        for method in ("block_influence", "loss", "fisher"):
-            compute_layer_importance(model, shard, method, progress=False).save(f"{out}/{{method}}.{{rank}}.json")
-        dist.destroy_process_group()
-
-
-    if __name__ == "__main__":
-        mp.spawn(main, args=(2,), nprocs=2)
-    """
-)
+model = make_model("llama")
+shard = batches("llama", n=4)[rank::world]
+for method in ("block_influence", "loss", "fisher"):
+    compute_layer_importance(model, shard, method, progress=False).save(f"{out}/{{method}}.{{rank}}.json")
+"""
 
 
 def test_two_processes_match_one(tmp_path):
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=tests, out=str(tmp_path)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(tests), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes(WORKER, tmp_path)
     model = make_model("llama")
     for method in ("block_influence", "loss", "fisher"):
         single = compute_layer_importance(model, batches("llama", n=4), method, progress=False)
