@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 from gloo_workers import run_two_processes
-from tiny_models import make_inputs, make_model
+from tiny_models import assert_untouched, make_inputs, make_model
 
 from hf_prune import get_layout, layer_shapes, prune_model
 from hf_prune.architecture.layouts import get_layers, get_submodule
@@ -104,16 +104,7 @@ def test_scoring_leaves_model_unchanged():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for method in METHODS:
         compute_importance(model, batches("bert"), method)
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    for k in before:
-        assert torch.equal(before[k], after[k]), k
-    for name, module in model.named_modules():
-        assert not module._forward_pre_hooks and not module._forward_hooks, name
-        assert module.training, name
-    for n, p in model.named_parameters():
-        assert p.grad is None, n
-        assert p.requires_grad == flags[n], n
+    assert_untouched(model, before, flags)
     # eval mode is restored as well
     model.eval()
     compute_importance(model, batches("bert"), "gradient")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from gloo_workers import run_two_processes
 from test_importance import batches
-from tiny_models import make_model
+from tiny_models import assert_untouched, make_model
 
 from hf_prune import get_layout
 from hf_prune.architecture.layouts import get_layers, get_submodule
@@ -141,16 +141,7 @@ def test_scoring_leaves_model_unchanged():
     model.train()
     for method in LAYER_METHODS:
         compute_layer_importance(model, batches("llama"), method, progress=False)
-    after = model.state_dict()
-    assert before.keys() == after.keys()
-    for k in before:
-        assert torch.equal(before[k], after[k]), k
-    for name, module in model.named_modules():
-        assert not module._forward_pre_hooks and not module._forward_hooks, name
-        assert module.training, name
-    for n, p in model.named_parameters():
-        assert p.grad is None, n
-        assert p.requires_grad == flags[n], n
+    assert_untouched(model, before, flags)
     with torch.no_grad():
         assert torch.equal(model.eval()(**batches("llama")[0]).logits, logits)
 

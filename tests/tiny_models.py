@@ -77,3 +77,17 @@ def make_inputs(batch: int = 2, seq: int = 9, seed: int = 1) -> dict:
     mask = torch.ones_like(ids)
     mask[0, -2:] = 0  # a padded row
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def assert_untouched(model, state_before: dict, requires_grad_before: dict) -> None:
+    """Scoring left the model as it was: same tensors, no hooks, training mode kept, no grads, same requires_grad."""
+    after = model.state_dict()
+    assert state_before.keys() == after.keys()
+    for k in state_before:
+        assert torch.equal(state_before[k], after[k]), k
+    for name, module in model.named_modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks, name
+        assert module.training, name
+    for n, p in model.named_parameters():
+        assert p.grad is None, n
+        assert p.requires_grad == requires_grad_before[n], n
