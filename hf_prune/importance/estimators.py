@@ -123,14 +123,20 @@ def _on_host(sums: list[torch.Tensor]) -> list[torch.Tensor]:
     return [s.double().cpu() for s in sums]
 
 
-def _reduced(heads: list[torch.Tensor], neurons: list[torch.Tensor], extra: list[torch.Tensor], n_batches: int):
-    """All-reduce the raw sums (one collective), then check that some process saw a batch."""
-    n = len(heads)
-    out = all_reduce(heads + neurons + extra + [torch.tensor([float(n_batches)], dtype=torch.float64)])
+def reduce_batch_sums(sums: list[torch.Tensor], n_batches: int, what: str) -> tuple[list[torch.Tensor], int]:
+    """All-reduce per-process sums and the batch count in one collective; ValueError when no process saw a batch."""
+    out = all_reduce([*sums, torch.tensor([float(n_batches)], dtype=torch.float64)])
     total = int(out[-1].item())
     if total == 0:
-        raise ValueError("the dataloader is empty: importance needs at least one batch")
-    return out[:n], out[n:2 * n], out[2 * n:-1], total
+        raise ValueError(f"the dataloader is empty: {what} needs at least one batch")
+    return out[:-1], total
+
+
+def _reduced(heads: list[torch.Tensor], neurons: list[torch.Tensor], extra: list[torch.Tensor], n_batches: int):
+    """All-reduce the raw head, neuron and extra sums (one collective); (heads, neurons, extra, batches)."""
+    n = len(heads)
+    out, total = reduce_batch_sums(heads + neurons + extra, n_batches, "importance")
+    return out[:n], out[n:2 * n], out[2 * n:], total
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -183,12 +189,12 @@ def taylor_scores(run: ScoringRun) -> Scores:
     return Scores([h.abs() for h in heads], [x.abs() for x in neurons], n)
 
 
-def _token_mask(batch: dict, lead: torch.Size, like: torch.Tensor) -> torch.Tensor:
-    """Float mask of real tokens shaped `lead`: (B, T), or (B*T,) where a block flattens tokens (OPT's FFN)."""
+def token_mask(batch: dict, lead: torch.Size, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """Mask of real tokens shaped `lead`: (B, T), or (B*T,) where a block flattens tokens (OPT's FFN); ones if unknown."""
     mask = batch.get("attention_mask")
     if mask is None or mask.dim() != 2 or mask.numel() != lead.numel():
-        return like.new_ones(lead, dtype=torch.float32)
-    return mask.reshape(lead).to(like.device, torch.float32)
+        return torch.ones(lead, device=device, dtype=dtype)
+    return mask.reshape(lead).to(device, dtype)
 
 
 def activation_scores(run: ScoringRun) -> Scores:
@@ -199,7 +205,7 @@ def activation_scores(run: ScoringRun) -> Scores:
     def observe(kind: str, i: int, x: torch.Tensor) -> None:
         # heads: (B, T, heads, d) -> (B, T, heads); neurons: (B, T, ffn) or (B*T, ffn)
         magnitude = x.float().norm(dim=-1) if kind == "heads" else x.float().abs()
-        mask = _token_mask(current, magnitude.shape[:-1], magnitude)  # (B, T) or (B*T,)
+        mask = token_mask(current, magnitude.shape[:-1], magnitude.device)  # (B, T) or (B*T,)
         total = (magnitude * mask[..., None]).flatten(0, -2).sum(0).double()  # (units,), on the layer's device
         count = mask.sum().double()
         sums[kind][i] = total if sums[kind][i] is None else sums[kind][i] + total

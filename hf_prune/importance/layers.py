@@ -22,9 +22,7 @@ The model is left as it was (modes, grads, requires_grad, hooks).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -35,13 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architecture.layouts import get_layers
-from ..serialization.atomic import atomic_write_json
-from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
-from .estimators import frozen_except, model_loss
+from ..serialization.json_file import JsonFile
+from ..utils import eval_mode, input_device, is_main_process, prepare_batch, take
+from .estimators import frozen_except, model_loss, reduce_batch_sums, token_mask
 
 
 @dataclass
-class LayerScores:
+class LayerScores(JsonFile):
     """One score per current layer (per block of `n` consecutive layers for ``angular``); higher = more important."""
 
     scores: list[float]
@@ -64,14 +62,6 @@ class LayerScores:
         return cls([float(s) for s in data["scores"]], str(data["method"]), int(data.get("n", 1)),
                    int(data.get("num_batches", 0)))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write as JSON (atomically)."""
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LayerScores:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
 
 
 @dataclass
@@ -139,22 +129,9 @@ def _layer_device(layer: nn.Module, fallback: torch.device) -> torch.device:
     return param.device if param is not None and param.device.type != "meta" else fallback
 
 
-def _token_mask(batch: dict, hidden: torch.Tensor) -> torch.Tensor:
-    """Float mask of real tokens shaped like `hidden` without its last dim (all ones when there is no mask)."""
-    lead = hidden.shape[:-1]
-    mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 2 or mask.numel() != lead.numel():
-        return torch.ones(lead, device=hidden.device, dtype=torch.float64)
-    return mask.reshape(lead).to(hidden.device, torch.float64)
-
-
 def _total_batches(n_batches: int, extra: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
     """All-reduce the sums and the batch count in one collective; refuse when no process saw a batch."""
-    out = all_reduce([t.double().cpu() for t in extra] + [torch.tensor([float(n_batches)], dtype=torch.float64)])
-    total = int(out[-1].item())
-    if total == 0:
-        raise ValueError("the dataloader is empty: layer importance needs at least one batch")
-    return out[:-1], total
+    return reduce_batch_sums([t.double().cpu() for t in extra], n_batches, "layer importance")
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -176,7 +153,7 @@ def _similarity_scores(run: LayerRun, distance: Callable[[torch.Tensor], torch.T
             if start >= 0 and start in inputs:
                 first, last = inputs.pop(start), hidden_output(output).detach()
                 cos = F.cosine_similarity(first.to(last.device, torch.float64), last.double(), dim=-1)
-                mask = _token_mask(current, last)
+                mask = token_mask(current, last.shape[:-1], last.device, torch.float64)
                 per_token = distance(cos.clamp(-1.0, 1.0)) * mask
                 sums[start] = sums[start] + per_token.sum().cpu()
                 counts[start] = counts[start] + mask.sum().cpu()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from ..architecture.shapes import layer_shapes
-from ..serialization.atomic import atomic_write_text
+from ..serialization.json_file import JsonFile
 from ..surgery.depth import as_layer_index
 from ..surgery.width import prune_model
 
@@ -19,7 +17,7 @@ def _int_keys(mapping) -> dict[int, list[int]]:
 
 
 @dataclass(frozen=True)
-class PruningPlan:
+class PruningPlan(JsonFile):
     """What to remove: {layer: [query head indices]}, {layer: [FFN neuron indices]} and [whole layers], plus metadata.
 
     All layer indices refer to the model's layers before the plan is applied (heads and neurons are cut
@@ -54,22 +52,6 @@ class PruningPlan:
                 "a pruning plan is a dict with keys 'heads' and 'neurons' (and optional 'layers' and 'metadata')"
             )
         return cls(data["heads"], data["neurons"], data.get("metadata", {}), data.get("layers", []))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PruningPlan:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write JSON to a temp file next to `path`, then os.replace it into place."""
-        atomic_write_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> PruningPlan:
-        with open(path) as handle:
-            return cls.from_json(handle.read())
 
     def kept_widths(self) -> dict[str, list[int]]:
         """Query heads and FFN neurons each layer keeps (needs the `shapes` metadata)."""

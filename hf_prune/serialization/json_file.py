@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_json
 
 
 class JsonFile:
@@ -27,7 +27,7 @@ class JsonFile:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON to a temporary file next to `path`, then rename it into place."""
-        atomic_write_text(path, self.to_json())
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike):
