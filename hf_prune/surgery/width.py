@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..architecture.config_entry import write_config_entry
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import LayerShape, layer_shape, layer_shapes
-from .depth import drop_layers, validate_layers
+from .depth import as_layer_index, drop_layers, validate_layers
 
 # ----------------------------------------------------------------------------- weight slicing
 
@@ -158,20 +158,12 @@ def _cut_neurons(layer: nn.Module, layout: Layout, keep: list[int], state=None) 
 
 
 def _as_index(value, what: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
+    """An index from an int-like value; JSON-style keys ("3") are accepted as well."""
     if isinstance(value, str):
         if not value.strip().lstrip("-").isdigit():
             raise ValueError(f"{what} must be an integer, got {value!r}")
         return int(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        return int(value.item())
-    try:
-        import operator
-
-        return operator.index(value)  # int, numpy integer
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+    return as_layer_index(value, what)
 
 
 def _normalize_request(request, kind: str, n_layers: int) -> dict[int, set[int]]:
