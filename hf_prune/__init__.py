@@ -6,13 +6,15 @@ from .architecture.gates import attach_gates
 from .architecture.layouts import Layout, get_layout, supported_model_types
 from .architecture.shapes import LayerShape, layer_shapes
 from .deploy.latency import LatencyStats, measure_latency
+from .deploy.latency_table import measure_latency_table
 from .deploy.quantize import quantize_dynamic_int8
 from .importance.compute import compute_importance
 from .importance.estimators import METHODS as IMPORTANCE_METHODS
 from .importance.layers import LAYER_METHODS as LAYER_IMPORTANCE_METHODS
 from .importance.layers import LayerScores, compute_layer_importance
 from .importance.scores import ImportanceScores
-from .planning.budgets import plan_from_flops, plan_from_sparsity
+from .planning.budgets import plan_from_flops, plan_from_latency, plan_from_params, plan_from_sparsity
+from .planning.latency_model import LatencyTable
 from .planning.plan import PruningPlan
 from .recovery.mask_tuning import apply_mask_tuning, tune_masks
 from .recovery.moments import calibration_moments
@@ -52,6 +54,7 @@ __all__ = [
     "HeadPruningCallback",
     "ImportanceScores",
     "LatencyStats",
+    "LatencyTable",
     "LayerShape",
     "Layout",
     "PruningConfig",
@@ -68,7 +71,10 @@ __all__ = [
     "layer_shapes",
     "load_pruned",
     "measure_latency",
+    "measure_latency_table",
     "plan_from_flops",
+    "plan_from_latency",
+    "plan_from_params",
     "plan_from_sparsity",
     "prune_model",
     "read_config_entry",

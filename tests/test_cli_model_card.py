@@ -67,3 +67,12 @@ def test_pushed_card_is_titled_and_loaded_by_the_hub_id(repo_id, tmp_path):
 
 def test_title_when_nothing_was_removed():
     assert card_title(fake_report("m", None, heads=(12, 12), ffn=(1536, 1536))) == "m, pruned (nothing removed)"
+
+
+def test_card_names_the_removed_layers():
+    report = fake_report("bert-base-uncased", "bert-base-uncased", heads=(12,), ffn=(1536,))
+    report["after"]["structure"].update(num_layers=1, layers=[1], removed_layers=[0])
+    assert card_title(report) == "bert-base-uncased, pruned (1 of 2 layers, 50% heads, 50% FFN)"
+    data, body = metadata(model_card_text(report, folder="out"))
+    assert "whole layers (1 of 2: original layer 0), attention heads\nand FFN neurons were removed" in body
+    assert "layers removed:       1 of 2 (original index 0)" in body and "| layers | 2 | 1 | 0.500 |" in body

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..serialization.atomic import atomic_write_text
-from .report import summary_table
+from .report import layer_record, removed_layers, summary_table
 
 
 def base_model_id(model_name_or_path: str, explicit: str | None = None) -> str | None:
@@ -23,9 +23,11 @@ def base_model_id(model_name_or_path: str, explicit: str | None = None) -> str |
 
 
 def removed_summary(report: dict) -> str:
-    """What was removed, from the shapes before and after: "50% heads, 50% FFN" (+ "30% weights zeroed")."""
+    """What was removed, from the shapes before and after: "50% heads, 50% FFN" (+ "30% weights zeroed"),
+    led by "1 of 12 layers" when whole layers were removed."""
     before, after = report["before"]["structure"], report["after"]["structure"]
-    parts = []
+    depth = removed_layers(after)
+    parts = [f"{len(depth)} of {layer_record(after)[1]} layers"] if depth else []
     for label, key in (("heads", "heads_per_layer"), ("FFN", "ffn_per_layer")):
         total = sum(before[key])
         if total and sum(after[key]) < total:
@@ -57,14 +59,21 @@ def model_card_text(report: dict, repo_id: str | None = None, folder: str | Path
     source = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else \
         f"a local model (`{Path(str(report['model'])).name}`)"
     load_from = repo_id or str(folder or "path/to/this/folder")
+    depth = removed_layers(report["after"]["structure"])
+    if depth:
+        layers = ", ".join(map(str, depth))
+        removed = (f"whole layers ({len(depth)} of {layer_record(report['after']['structure'])[1]}: "
+                   f"original layer{'s' if len(depth) > 1 else ''} {layers}), attention heads\nand FFN neurons")
+    else:
+        removed = "attention heads\nand FFN neurons"
+    intro = f"A structurally pruned version of {source}, made with hf_prune: {removed}"
     content = f"""---
 {data.to_yaml()}
 ---
 
 # {card_title(report, repo_id)}
 
-A structurally pruned version of {source}, made with hf_prune: attention heads
-and FFN neurons were removed physically, so this is a smaller dense model.
+{intro} were removed physically, so this is a smaller dense model.
 
 ## Pruning
 

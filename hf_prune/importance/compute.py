@@ -20,6 +20,7 @@ from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shape
 from ..utils import take
 from .estimators import ESTIMATORS, METHODS, ScoringRun
+from .layers import LAYER_METHODS, compute_layer_importance
 from .scores import ImportanceScores
 
 
@@ -33,6 +34,7 @@ def compute_importance(
     max_batches: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    layer_method: str | None = None,
 ) -> ImportanceScores:
     """Score every current head and FFN neuron of a supported model (methods in `hf_prune.importance.estimators`).
 
@@ -40,6 +42,8 @@ def compute_importance(
     by gradient, fisher, taylor and activation. label_free: use the model's own predictions as targets.
     normalize_heads: divide each layer's head scores by their L2 norm (Michel et al.). max_batches: stop
     after this many batches (per process). seed: for `random`. progress: show a tqdm bar (main process only).
+    layer_method: also score every layer (`compute_layer_importance`, n=1) on the same batches into `.layers`;
+    use "fisher" with method="fisher" to weigh layers against heads and neurons in one plan.
     """
     estimator = ESTIMATORS.get(method)
     if estimator is None:
@@ -48,16 +52,28 @@ def compute_importance(
     shapes = [layer_shape(layer, layout) for layer in get_layers(model, layout)]
     if estimator.needs_data and dataloader is None:
         raise ValueError(f"method {method!r} needs a dataloader of batches")
+    if layer_method is not None:
+        if layer_method not in LAYER_METHODS:
+            raise ValueError(f"unknown layer importance method {layer_method!r}; choose one of "
+                             f"{', '.join(LAYER_METHODS)}")
+        if dataloader is None or iter(dataloader) is dataloader:
+            raise ValueError("layer_method reads the batches again after the head/neuron scores: pass a list or a "
+                             "torch DataLoader, not None, a one-shot iterator or a generator")
     batches = take(dataloader, max_batches) if dataloader is not None else None
     run = ScoringRun(model, layout, shapes, batches, method, label_free=label_free, seed=seed, progress=progress)
     result = estimator.function(run)
     heads = result.heads
     if normalize_heads:
         heads = [h / (h.norm() + 1e-20) for h in heads]
+    layers = None
+    if layer_method is not None:
+        layers = compute_layer_importance(model, dataloader, layer_method, label_free=label_free,
+                                          max_batches=max_batches, progress=progress).scores
     return ImportanceScores(
         heads=[h.float() for h in heads],
         neurons=[x.float() for x in result.neurons],
         kv_heads=[s.kv_heads for s in shapes],
         method=method,
         num_batches=result.num_batches,
+        layers=layers,
     )

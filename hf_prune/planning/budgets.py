@@ -1,7 +1,7 @@
 """Pruning plans: what to remove per layer, chosen from importance scores under a budget, saved as JSON.
 
-A `PruningPlan` holds exactly what `prune_model` takes ({layer: [head indices]}, {layer: [neuron indices]})
-plus metadata (the widths it was made for, the budget, the scores' method, FLOPs before/after).
+A `PruningPlan` holds exactly what `prune_model` takes ({layer: [head indices]}, {layer: [neuron indices]},
+[whole layers]) plus metadata (the widths it was made for, the budget, the scores' method, cost before/after).
 
 Choosing units. Each layer offers a *ladder* of removal chunks, lowest-scoring first:
 - plain attention and FFN: one unit per step, in ascending (score, index) order;
@@ -26,15 +26,24 @@ GQA steps a layer stops at its first chunk that would overshoot, so at most N ar
 is smaller than the largest chunk). A budget beyond what the constraints allow, or smaller than
 ``removed``, raises ValueError.
 
-A FLOPs budget (``plan_from_flops``: ``flops_reduction`` in [0, 1), the fraction of the model's current
-layer FLOPs to remove, or an absolute ``max_flops``; the deprecated ``flops_fraction`` is the fraction
-*kept*, 1 - flops_reduction, and warns) searches heads and neurons jointly, as Kwon et al.'s
-mask search: heads and neurons are each ordered by the global chunk ranking; for every number of head
-chunks removed, the fewest neuron chunks that bring the FLOPs (hf_prune.architecture.counting.layer_flops at
-``seq_len``, with ``removed`` counted as gone) under the target are added, and the pair removing the least
-total score wins (ties: fewer head chunks). The result is at most the target, and within one neuron chunk
-of it (unless ``removed`` alone already goes below it). Head and neuron scores are compared directly, so
-use a gradient-based method (fisher, gradient, taylor) that puts both on the same loss scale.
+Cost budgets. ``plan_from_flops`` (``flops_reduction`` in [0, 1), the fraction of the model's current layer
+FLOPs to remove, or an absolute ``max_flops``; the deprecated ``flops_fraction`` is the fraction *kept* and
+warns), ``plan_from_params`` (``params_reduction`` of ``count_parameters(model, layers_only=True)``, or
+``max_params``, counted exactly, biases and norms included) and ``plan_from_latency`` (``target``, the fraction
+in (0, 1] of a `LatencyTable`'s predicted seconds to keep, or ``max_seconds``) share one search over a cost
+model (`hf_prune.planning.costs`: a layer's cost at given widths, what a head chunk, a neuron chunk or a whole
+layer saves), with ``removed`` counted as gone. ``structure`` picks what may go:
+- ``"width"`` (default), Kwon et al.'s mask search: heads and neurons are each ordered by the global chunk
+  ranking; for every number of head chunks removed, the fewest neuron chunks that bring the cost under the
+  target are added, and the pair removing the least total score wins (ties: fewer head chunks). The result is
+  at most the target, within one neuron chunk of it (unless ``removed`` alone already goes below it);
+- ``"depth"``: whole layers only, lowest ``scores.layers`` first (ties: index), the fewest that fit;
+- ``"joint"``: for k = 0 .. layers - 1, the k lowest-scored layers go and the width search runs on the others
+  for the remaining cost; the least total removed score (layers' scores + chunks' scores) wins, ties: fewer
+  layers. A removed layer never appears in the plan's heads or neurons (its ``removed`` entries are dropped).
+At least one layer always remains. Head, neuron and layer scores are compared directly, so use a
+gradient-based method that puts them on the same loss scale (``compute_importance(..., method="fisher",
+layer_method="fisher")``).
 """
 
 from __future__ import annotations
@@ -45,12 +54,13 @@ import warnings
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
-from ..architecture.counting import layer_flops
 from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
 from ..importance.scores import ImportanceScores
+from .costs import CostModel, FlopsCost, LatencyCost, ParamsCost
 from .plan import PruningPlan
 
 # ----------------------------------------------------------------------------- ladders of chunks
@@ -326,28 +336,171 @@ def _removed_counts(present: _Present) -> dict[str, int]:
     return {"heads": sum(map(len, present.gone_heads)), "neurons": sum(map(len, present.gone_neurons))}
 
 
-# ----------------------------------------------------------------------------- FLOPs budget
+# ----------------------------------------------------------------------------- cost budgets (FLOPs, parameters, latency)
+
+STRUCTURES = ("width", "depth", "joint")
+
+
+def _check_structure(structure: str, scores: ImportanceScores) -> list[float] | None:
+    """The layer scores a structure needs (None for "width"); ValueError for an unknown structure or missing scores."""
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {', '.join(map(repr, STRUCTURES))}, got {structure!r}")
+    if structure == "width":
+        return None
+    if scores.layers is None:
+        raise ValueError(f"structure={structure!r} needs one score per layer in scores.layers: compute them on the "
+                         "same loss scale as the head/neuron scores, e.g. compute_importance(..., method='fisher', "
+                         "layer_method='fisher')")
+    values = [float(x) for x in torch.as_tensor(scores.layers, dtype=torch.float64).reshape(-1).tolist()]
+    if len(values) != scores.num_layers:
+        raise ValueError(f"scores.layers has {len(values)} scores, but the scores have {scores.num_layers} layers: "
+                         "score the layers of the model you plan for (one score per layer, n=1)")
+    return values
+
+
+def _prefix(chunks: list[_Chunk], saved_by) -> tuple[list[float], list[float]]:
+    """Cumulative (score removed, cost saved) after the first j chunks, j = 0..len(chunks)."""
+    score, saved = [0.0], [0]
+    for c in chunks:
+        score.append(score[-1] + c.score)
+        saved.append(saved[-1] + saved_by(c))
+    return score, saved
+
+
+def _joint_search(head_ladders, neuron_ladders, counter: CostModel, need: float):
+    """(head chunks, neuron chunks, cost saved) saving at least `need` at the least total score, or None."""
+    head_order = _greedy(head_ladders, math.inf)
+    neuron_order = _greedy(neuron_ladders, math.inf)
+    h_score, h_saved = _prefix(head_order, counter.head_saving)
+    n_score, n_saved = _prefix(neuron_order, counter.neuron_saving)
+    best = None
+    for j in range(len(head_order) + 1):
+        i = bisect_left(n_saved, need - h_saved[j])  # fewest neuron chunks that, with j head chunks, save enough
+        if i > len(neuron_order):
+            continue
+        cost = (h_score[j] + n_score[i], j)
+        if best is None or cost < best[0]:
+            best = (cost, j, i)
+    if best is None:
+        return None
+    _, j, i = best
+    return head_order[:j], neuron_order[:i], h_saved[j] + n_saved[i]
 
 
 @dataclass(frozen=True)
-class _FlopsCounter:
-    """Layer FLOPs of one model at `seq_len` tokens, and the FLOPs a chunk's removal saves."""
+class _Found:
+    layers: list[int]  # whole layers removed
+    heads: list[_Chunk]
+    neurons: list[_Chunk]
+    saved: float  # cost saved by all of them, on top of `removed`
 
-    hidden: int
-    gated: bool
-    seq_len: int
-    head_dim: tuple[int, ...]  # per layer
 
-    def layer(self, i: int, heads: int, kv_heads: int, ffn: int) -> int:
-        return layer_flops(self.hidden, heads, kv_heads, self.head_dim[i], ffn, self.seq_len, self.gated)
+def _search(structure: str, head_ladders, neuron_ladders, counter: CostModel, present: _Present,
+            layer_scores: list[float] | None, need: float) -> _Found | None:
+    """Whole layers and/or head and neuron chunks that save at least `need` (rule in the module docstring)."""
+    if structure == "width":
+        found = _joint_search(head_ladders, neuron_ladders, counter, need)
+        return None if found is None else _Found([], *found)
+    n = len(present.heads)
+    order = sorted(range(n), key=lambda i: (layer_scores[i], i))  # least important layer first
+    best = None
+    for k in range(n):  # k layers removed; at least one remains
+        drop = order[:k]
+        dropped = sum(counter.layer_saving(i, len(present.heads[i]), present.kv_heads[i], len(present.neurons[i]))
+                      for i in drop)
+        if structure == "depth":
+            if dropped >= need:
+                return _Found(sorted(drop), [], [], dropped)
+            continue
+        gone = set(drop)
+        found = _joint_search([[] if i in gone else ladder for i, ladder in enumerate(head_ladders)],
+                              [[] if i in gone else ladder for i, ladder in enumerate(neuron_ladders)],
+                              counter, need - dropped)
+        if found is None:
+            continue
+        heads, neurons, saved = found
+        total = (sum(layer_scores[i] for i in drop) + sum(c.score for c in heads) + sum(c.score for c in neurons), k)
+        if best is None or total < best[0]:  # ties: fewer layers (k ascending)
+            best = (total, _Found(sorted(drop), heads, neurons, dropped + saved))
+    return None if best is None else best[1]
 
-    def head_saving(self, c: _Chunk) -> int:
-        """Attention FLOPs before minus after the chunk (the FFN term held at 0)."""
-        return self.layer(c.layer, *c.before, 0) - self.layer(c.layer, *c.after, 0)
 
-    def neuron_saving(self, c: _Chunk) -> int:
-        """FFN FLOPs before minus after the chunk (no heads)."""
-        return self.layer(c.layer, 0, 0, c.before[0]) - self.layer(c.layer, 0, 0, c.after[0])
+def _check_model_widths(scores: ImportanceScores, model: nn.Module) -> None:
+    current = layer_shapes(model)
+    shapes = _shapes_meta(scores)
+    if [s.heads for s in current] != shapes["heads"] or [s.ffn for s in current] != shapes["ffn"]:
+        raise ValueError("the scores do not match the model's current widths: score the model you plan for")
+
+
+def _dense_total(counter: CostModel, model: nn.Module) -> float:
+    """Sum of the current layers' costs."""
+    return sum(counter.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(layer_shapes(model)))
+
+
+def _totals_left(counter: CostModel, present: _Present) -> float:
+    return sum(counter.layer(i, len(h), kv, len(f))
+               for i, (h, kv, f) in enumerate(zip(present.heads, present.kv_heads, present.neurons)))
+
+
+def _relative_budget(relative: tuple[str, float | None], absolute: tuple[str, float | None], low: float,
+                     high: float, closed: str) -> None:
+    """ValueError unless exactly one of the two budgets is given and the relative one lies in its range."""
+    given = [name for name, value in (relative, absolute) if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"pass exactly one of {relative[0]} and {absolute[0]} (got {', '.join(given) or 'neither'})")
+    name, value = relative
+    if value is not None:
+        inside = (low <= value < high) if closed == "low" else (low < value <= high)
+        if not inside:
+            bounds = f"[{low:g}, {high:g})" if closed == "low" else f"({low:g}, {high:g}]"
+            raise ValueError(f"{name} must be in {bounds}, got {value}")
+
+
+@dataclass(frozen=True)
+class _Constraints:
+    min_heads: int
+    min_neurons: int
+    head_multiple: int
+    neuron_multiple: int
+    gqa: str
+
+    def as_dict(self) -> dict:
+        return {"min_heads": self.min_heads, "min_neurons": self.min_neurons, "head_multiple": self.head_multiple,
+                "neuron_multiple": self.neuron_multiple, "gqa": self.gqa}
+
+
+def _budget_plan(scores: ImportanceScores, counter: CostModel, present: _Present, c: _Constraints, structure: str,
+                 layer_scores, dense: float, target: float, base: float, kind: str, budget: dict,
+                 unit: str) -> PruningPlan:
+    """Search `counter` for a plan with at most `target` (dense/target/after include the fixed `base`)."""
+    left = base + _totals_left(counter, present)
+    head_ladders, neuron_ladders = _ladders(scores, present, c.min_heads, c.min_neurons, c.head_multiple,
+                                            c.neuron_multiple, c.gqa)
+    found = _search(structure, head_ladders, neuron_ladders, counter, present, layer_scores, left - target)
+    if found is None:
+        what = "the constraints (minimum kept, multiples, GQA)" + ("" if structure == "width" else
+                                                                  " and keeping at least one layer")
+        raise ValueError(f"cannot reach {target:.4g} {unit} (dense {dense:.4g}) under {what}")
+    gone = set(found.layers)
+    already_heads = [[] if i in gone else g for i, g in enumerate(present.gone_heads)]
+    already_neurons = [[] if i in gone else g for i, g in enumerate(present.gone_neurons)]
+    metadata = {
+        "method": scores.method,
+        "budget": {"kind": kind, **budget, **c.as_dict(), "structure": structure, "removed": _removed_counts(present)},
+        "shapes": _shapes_meta(scores),
+        kind: {"before": dense, "target": target, "after": left - found.saved},
+    }
+    return PruningPlan(_as_request(found.heads, already_heads), _as_request(found.neurons, already_neurons), metadata,
+                       layers=found.layers)
+
+
+def _prepare(scores, model, structure, min_heads, min_neurons, head_multiple, neuron_multiple, gqa, removed):
+    """Validated constraints, what `removed` leaves, and the layer scores the structure needs."""
+    _check_common("global", gqa, min_heads, min_neurons, head_multiple, neuron_multiple)
+    layer_scores = _check_structure(structure, scores)
+    present = _present(scores, removed, min_heads, min_neurons, head_multiple, neuron_multiple)
+    _check_model_widths(scores, model)
+    return _Constraints(min_heads, min_neurons, head_multiple, neuron_multiple, gqa), present, layer_scores
 
 
 def _flops_budget(flops_fraction: float | None, flops_reduction: float | None,
@@ -369,49 +522,6 @@ def _flops_budget(flops_fraction: float | None, flops_reduction: float | None,
     return None, None
 
 
-def _prefix(chunks: list[_Chunk], saved_by) -> tuple[list[float], list[int]]:
-    """Cumulative (score removed, FLOPs saved) after the first j chunks, j = 0..len(chunks)."""
-    score, saved = [0.0], [0]
-    for c in chunks:
-        score.append(score[-1] + c.score)
-        saved.append(saved[-1] + saved_by(c))
-    return score, saved
-
-
-def _joint_search(head_ladders, neuron_ladders, counter: _FlopsCounter, need: float):
-    """(head chunks, neuron chunks) saving at least `need` FLOPs at the least total score, or None."""
-    head_order = _greedy(head_ladders, math.inf)
-    neuron_order = _greedy(neuron_ladders, math.inf)
-    h_score, h_saved = _prefix(head_order, counter.head_saving)
-    n_score, n_saved = _prefix(neuron_order, counter.neuron_saving)
-    best = None
-    for j in range(len(head_order) + 1):
-        i = bisect_left(n_saved, need - h_saved[j])  # fewest neuron chunks that, with j head chunks, save enough
-        if i > len(neuron_order):
-            continue
-        cost = (h_score[j] + n_score[i], j)
-        if best is None or cost < best[0]:
-            best = (cost, j, i)
-    if best is None:
-        return None
-    _, j, i = best
-    return head_order[:j], neuron_order[:i], h_saved[j] + n_saved[i]
-
-
-def _flops_setup(scores: ImportanceScores, model: nn.Module, present: _Present, seq_len: int):
-    """(counter, FLOPs of the current layers, FLOPs once `removed` is gone), after checking scores against model."""
-    current = layer_shapes(model)
-    shapes = _shapes_meta(scores)
-    if [s.heads for s in current] != shapes["heads"] or [s.ffn for s in current] != shapes["ffn"]:
-        raise ValueError("the scores do not match the model's current widths: score the model you plan for")
-    counter = _FlopsCounter(model.config.hidden_size, get_layout(model).gate is not None, seq_len,
-                            tuple(s.head_dim for s in current))
-    dense = sum(counter.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(current))
-    left = sum(counter.layer(i, len(h), kv, len(f))
-               for i, (h, kv, f) in enumerate(zip(present.heads, present.kv_heads, present.neurons)))
-    return counter, dense, left
-
-
 def plan_from_flops(
     scores: ImportanceScores,
     model: nn.Module,
@@ -420,6 +530,7 @@ def plan_from_flops(
     flops_reduction: float | None = None,
     max_flops: int | None = None,
     seq_len: int = 128,
+    structure: str = "width",
     min_heads: int = 0,
     min_neurons: int = 0,
     head_multiple: int = 1,
@@ -427,34 +538,104 @@ def plan_from_flops(
     gqa: str = "per_group",
     removed: PruningPlan | None = None,
 ) -> PruningPlan:
-    """Remove heads and neurons jointly until the layers' FLOPs at `seq_len` are at most the budget.
+    """Remove heads and neurons (and, with `structure`, whole layers) until the layers' FLOPs at `seq_len` fit.
 
     Budget, exactly one of: `flops_reduction`, the fraction in [0, 1) of the model's current layer FLOPs
     (hf_prune.count_flops) to remove; an absolute `max_flops` (one sequence of `seq_len` tokens);
-    `flops_fraction` (deprecated: the fraction kept, use flops_reduction=1 - x). removed: units already gone,
+    `flops_fraction` (deprecated: the fraction kept, use flops_reduction=1 - x). structure: "width" (heads and
+    neurons), "depth" (whole layers, needs scores.layers) or "joint" (all three). removed: units already gone,
     in the scores' coordinates, counted as gone and part of the plan. Search rule in the module docstring.
     """
     if flops_fraction is not None:
         warnings.warn("plan_from_flops(flops_fraction=x) is deprecated (x is the fraction kept): pass "
                       "flops_reduction=1 - x, the fraction of FLOPs removed", FutureWarning, stacklevel=2)
     kept, reduction = _flops_budget(flops_fraction, flops_reduction, max_flops)
-    _check_common("global", gqa, min_heads, min_neurons, head_multiple, neuron_multiple)
-    present = _present(scores, removed, min_heads, min_neurons, head_multiple, neuron_multiple)
-    counter, dense, left = _flops_setup(scores, model, present, seq_len)
+    c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
+                                        neuron_multiple, gqa, removed)
+    current = layer_shapes(model)
+    counter = FlopsCost(model.config.hidden_size, get_layout(model).gate is not None, seq_len,
+                        tuple(s.head_dim for s in current))
+    dense = _dense_total(counter, model)
     target = dense * kept if max_flops is None else max_flops
-    head_ladders, neuron_ladders = _ladders(scores, present, min_heads, min_neurons, head_multiple, neuron_multiple, gqa)
-    found = _joint_search(head_ladders, neuron_ladders, counter, left - target)
-    if found is None:
-        raise ValueError(
-            f"cannot reach {target:.4g} FLOPs (dense {dense:.4g}) under the constraints (minimum kept, multiples, GQA)"
-        )
-    heads, neurons, saved = found
-    metadata = {
-        "method": scores.method,
-        "budget": {"kind": "flops", "flops_reduction": reduction, "max_flops": max_flops, "seq_len": seq_len,
-                   "min_heads": min_heads, "min_neurons": min_neurons, "head_multiple": head_multiple,
-                   "neuron_multiple": neuron_multiple, "gqa": gqa, "removed": _removed_counts(present)},
-        "shapes": _shapes_meta(scores),
-        "flops": {"seq_len": seq_len, "before": int(dense), "target": float(target), "after": int(left - saved)},
-    }
-    return PruningPlan(_as_request(heads, present.gone_heads), _as_request(neurons, present.gone_neurons), metadata)
+    plan = _budget_plan(scores, counter, present, c, structure, layer_scores, dense, target, 0, "flops",
+                        {"flops_reduction": reduction, "max_flops": max_flops, "seq_len": seq_len}, "FLOPs")
+    flops = plan.metadata["flops"]
+    flops.update({"seq_len": seq_len, "before": int(dense), "target": float(target), "after": int(flops["after"])})
+    return plan
+
+
+def plan_from_params(
+    scores: ImportanceScores,
+    model: nn.Module,
+    params_reduction: float | None = None,
+    *,
+    max_params: int | None = None,
+    structure: str = "width",
+    min_heads: int = 0,
+    min_neurons: int = 0,
+    head_multiple: int = 1,
+    neuron_multiple: int = 1,
+    gqa: str = "per_group",
+    removed: PruningPlan | None = None,
+) -> PruningPlan:
+    """Remove heads and neurons (and, with `structure`, whole layers) until the layers' parameters fit.
+
+    Budget, exactly one of: `params_reduction`, the fraction in [0, 1) of the model's current layer parameters
+    (hf_prune.count_parameters(model, layers_only=True)) to remove; an absolute `max_params`. Parameters are
+    counted exactly from the model's modules (biases and norms included). Other arguments as `plan_from_flops`.
+    """
+    _relative_budget(("params_reduction", params_reduction), ("max_params", max_params), 0.0, 1.0, "low")
+    c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
+                                        neuron_multiple, gqa, removed)
+    counter = ParamsCost.from_model(model)
+    dense = _dense_total(counter, model)
+    target = dense * (1.0 - params_reduction) if max_params is None else max_params
+    plan = _budget_plan(scores, counter, present, c, structure, layer_scores, dense, target, 0, "params",
+                        {"params_reduction": params_reduction, "max_params": max_params}, "parameters")
+    params = plan.metadata["params"]
+    params.update({"before": int(dense), "target": float(target), "after": int(params["after"])})
+    return plan
+
+
+def _check_table(table, model: nn.Module) -> None:
+    """ValueError when the table records a model type or hidden size other than the model's."""
+    meta = getattr(table, "metadata", None) or {}
+    for key in ("model_type", "hidden_size"):
+        have = getattr(model.config, key, None)
+        if meta.get(key) is not None and have is not None and meta[key] != have:
+            raise ValueError(f"the latency table was measured for {key}={meta[key]!r}, but the model has {have!r}: "
+                             "measure a table for this model")
+
+
+def plan_from_latency(
+    scores: ImportanceScores,
+    model: nn.Module,
+    table,
+    target: float | None = None,
+    *,
+    max_seconds: float | None = None,
+    structure: str = "width",
+    min_heads: int = 0,
+    min_neurons: int = 0,
+    head_multiple: int = 1,
+    neuron_multiple: int = 1,
+    gqa: str = "per_group",
+    removed: PruningPlan | None = None,
+) -> PruningPlan:
+    """Remove heads and neurons (and, with `structure`, whole layers) until the predicted latency fits.
+
+    table: a `LatencyTable` (`layer_seconds`, `attention_cost(heads)`, `ffn_cost(ffn)`, `layer_cost`, `predict`)
+    measured for this model. Budget, exactly one of: `target`, the fraction in (0, 1] of the model's current
+    predicted latency to keep (0.6: 60% of it); an absolute `max_seconds`. Other arguments as `plan_from_flops`.
+    """
+    _relative_budget(("target", target), ("max_seconds", max_seconds), 0.0, 1.0, "high")
+    _check_table(table, model)
+    c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
+                                        neuron_multiple, gqa, removed)
+    counter = LatencyCost(table)
+    current = layer_shapes(model)
+    dense = float(table.predict([s.heads for s in current], [s.ffn for s in current]))
+    base = dense - _dense_total(counter, model)  # what the table predicts outside the layers
+    goal = dense * target if max_seconds is None else float(max_seconds)
+    return _budget_plan(scores, counter, present, c, structure, layer_scores, dense, goal, base, "latency",
+                        {"target": target, "max_seconds": max_seconds}, "seconds")

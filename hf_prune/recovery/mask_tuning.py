@@ -20,6 +20,13 @@ augmented by a constant 1, M = [X 1]^T [X 1], dense weight [W b] and kept featur
 when there is a bias), the new weight is the ridge least-squares solution
 [W_K' b'] = [W b] M[:, K] (M_KK + ridge)^-1, a closed-form, per-layer OBS-style update; it contains the
 scale solution as a special case (and FLAP-style bias compensation), so it never fits the dense output worse.
+
+Plans that also remove whole layers (`plan.layers`): the layers to be removed get no statistics and no
+solve; the surviving layers are pruned and recovered as above, and the layers are removed last, so the
+result is the width-only recovery followed by `drop_layers`. What this cannot do: each surviving layer is
+fitted to its own dense output *given its dense inputs*; a removed layer's contribution to the residual
+stream is simply gone, so the inputs of every later layer differ from the dense ones and nothing here
+compensates that (fine-tuning or distillation does).
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ from torch import nn
 from ..architecture.layouts import get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
 from ..planning.plan import PruningPlan
+from ..surgery.depth import drop_layers
 from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
-from .moments import calibration_moments, check_moments
+from .moments import calibration_moments, check_moments, removed_layers
 
 
 def _write_projection(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> None:
@@ -74,16 +82,27 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
     """Prune `model` in place with `plan`, then recover each layer's output from the calibration `moments`.
 
     reconstruct: "scales" (one scale per kept unit, Kwon et al.) or "weights" (re-solve the kept input columns and
-    bias of every output / down projection). Returns the scales ("scales") or {} entries ("weights").
+    bias of every output / down projection). Returns the scales ("scales") or {} entries ("weights"), keyed by
+    the layers' indices before the plan. Layers the plan removes are neither solved nor need moments (None
+    allowed); they are removed after the surviving layers are recovered.
     """
     ridge = _check_reconstruct(reconstruct, ridge)
     layout = get_layout(model)
     plan.check_model(model)
-    check_moments(moments, model)
-    o_moments, down_moments = moments
-    layers = get_layers(model, layout)
+    removed = removed_layers(plan, model)
+    check_moments(moments, model, removed)
+    width_plan = PruningPlan(plan.heads, plan.neurons, plan.metadata)
+    layers = list(get_layers(model, layout))  # the layers before the plan: indices stay valid after removal
     if reconstruct == "weights":
-        return _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_moments, ridge)
+        solved = _apply_weight_reconstruction(model, width_plan, layout, layers, *moments, ridge)
+    else:
+        solved = _apply_scales(model, width_plan, layout, layers, *moments, ridge)
+    drop_layers(model, removed)  # last, as `plan.apply` does
+    return solved
+
+
+def _apply_scales(model, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
+    """Solve the kept units' scales on the dense weights, prune the widths, then scale the kept columns."""
     solved: dict[str, dict[int, torch.Tensor]] = {"heads": {}, "neurons": {}}
     for i, layer in enumerate(layers):
         shape = layer_shape(layer, layout)
@@ -109,7 +128,7 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
 
 
 def _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
-    """Solve every touched projection on the dense weights, prune, then write the solutions in."""
+    """Solve every touched projection on the dense weights, prune the widths, then write the solutions in."""
     solved = []  # (layer, projection path, weight (out, K), bias or None)
     for i, layer in enumerate(layers):
         shape = layer_shape(layer, layout)
@@ -146,8 +165,11 @@ def tune_masks(
     columns and bias of every output / down projection (stronger, needs more calibration tokens than units).
     ridge: relative Tikhonov term (default 1e-6 for scales, 1e-4 for weights). Returns the scales applied,
     {"heads": {layer: (kept heads,)}, "neurons": {layer: (kept neurons,)}}, for layers that lost units
-    (empty dicts for "weights").
+    (empty dicts for "weights"). Layers in `plan.layers` are skipped by the calibration pass and removed last
+    (see the module docstring for what recovery cannot compensate after a layer is removed).
     """
     ridge = _check_reconstruct(reconstruct, ridge)
     plan.check_model(model)  # before the calibration pass
-    return apply_mask_tuning(model, plan, calibration_moments(model, dataloader, max_batches), ridge, reconstruct)
+    removed = removed_layers(plan, model)
+    moments = calibration_moments(model, dataloader, max_batches, skip_layers=removed)
+    return apply_mask_tuning(model, plan, moments, ridge, reconstruct)

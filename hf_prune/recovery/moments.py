@@ -3,11 +3,14 @@
 With X a projection's inputs over the calibration tokens (padding excluded), the moment is
 [X 1]^T [X 1] (float64, (F + 1, F + 1), a constant feature last), so a bias can be solved for too.
 Both recovery (`mask_tuning`) and re-selection (`reselect`) work from these statistics alone.
+
+A plan that also removes whole layers needs no statistics for them: `removed_layers` validates the plan's
+`layers` against the model, and `calibration_moments(..., skip_layers=...)` leaves None in their place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -15,16 +18,37 @@ from tqdm.auto import tqdm
 
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
+from ..surgery.depth import validate_layers
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
 
 
-def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -> tuple[list, list]:
-    """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens."""
+def removed_layers(plan, model: nn.Module) -> list[int]:
+    """The layers `plan` removes (sorted), validated against `model` before anything is computed or changed.
+
+    ValueError for indices `drop_layers` refuses, and for a plan that lists heads or neurons of a layer it
+    also removes (as `prune_model` refuses them).
+    """
+    removed = validate_layers(plan.layers, len(get_layers(model)))
+    both = sorted(set(removed) & (set(plan.heads) | set(plan.neurons)))
+    if both:
+        raise ValueError(
+            f"layer(s) {both} are removed by the plan's `layers` and also listed in its `heads` or `neurons`: "
+            f"list each layer in one of them only"
+        )
+    return removed
+
+
+def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
+                          skip: Collection[int] = ()) -> tuple[list, list]:
+    """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens.
+
+    Layers in `skip` get no hooks and None in place of their moments."""
     layers = get_layers(model, layout)
     device = input_device(model)
-    shapes = [layer_shape(layer, layout) for layer in layers]
-    o_moments = [torch.zeros(s.heads * s.head_dim + 1, s.heads * s.head_dim + 1, dtype=torch.float64) for s in shapes]
-    down_moments = [torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
+    shapes = [None if i in skip else layer_shape(layer, layout) for i, layer in enumerate(layers)]
+    o_moments = [None if s is None else torch.zeros(s.heads * s.head_dim + 1, s.heads * s.head_dim + 1,
+                                                    dtype=torch.float64) for s in shapes]
+    down_moments = [None if s is None else torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
     current: dict = {}
 
     def hook_for(store: list, i: int):
@@ -43,6 +67,8 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -
     n = 0
     try:
         for i, layer in enumerate(layers):
+            if i in skip:
+                continue
             handles.append(get_submodule(layer, layout.o).register_forward_pre_hook(hook_for(o_moments, i)))
             handles.append(get_submodule(layer, layout.down).register_forward_pre_hook(hook_for(down_moments, i)))
         with eval_mode(model), torch.no_grad():
@@ -56,22 +82,28 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable) -
     finally:
         for h in handles:
             h.remove()
-    reduced = all_reduce(o_moments + down_moments + [torch.tensor([float(n)], dtype=torch.float64)])
-    if reduced[-1].item() == 0:
+    collected = [m for m in o_moments + down_moments if m is not None]
+    reduced = iter(all_reduce(collected + [torch.tensor([float(n)], dtype=torch.float64)]))
+    o_moments = [None if m is None else next(reduced) for m in o_moments]  # same order as `collected`
+    down_moments = [None if m is None else next(reduced) for m in down_moments]
+    if next(reduced).item() == 0:
         raise ValueError("the calibration dataloader is empty: recovery needs at least one batch")
-    return reduced[: len(layers)], reduced[len(layers): 2 * len(layers)]
+    return o_moments, down_moments
 
 
-def check_moments(moments, model: nn.Module) -> None:
+def check_moments(moments, model: nn.Module, removed: Collection[int] = ()) -> None:
     """ValueError unless `moments` is (o_moments, down_moments) with one square matrix per layer of `model`,
-    sized for the layer's current widths (heads * head_dim + 1 and ffn + 1)."""
+    sized for the layer's current widths (heads * head_dim + 1 and ffn + 1). Layers in `removed` (about to
+    be removed by a plan) are not checked and may hold None."""
     layout = get_layout(model)
     layers = get_layers(model, layout)
     if not isinstance(moments, (tuple, list)) or len(moments) != 2 or any(
             not isinstance(m, (tuple, list)) or len(m) != len(layers) for m in moments):
         raise ValueError("the moments do not match the model's layers: pass (o_moments, down_moments) from "
                          "calibration_moments(model, ...)")
-    for layer, o, down in zip(layers, *moments):
+    for i, (layer, o, down) in enumerate(zip(layers, *moments)):
+        if i in removed:
+            continue
         s = layer_shape(layer, layout)
         for m, size in ((o, s.heads * s.head_dim + 1), (down, s.ffn + 1)):
             if not isinstance(m, torch.Tensor) or tuple(m.shape) != (size, size):
@@ -80,11 +112,14 @@ def check_moments(moments, model: nn.Module) -> None:
 
 
 def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torch.Tensor]],
-                        max_batches: int | None = None) -> tuple[list, list]:
+                        max_batches: int | None = None, *, skip_layers: Collection[int] = ()) -> tuple[list, list]:
     """[X 1]^T [X 1] of every layer's output- and down-projection inputs on the calibration batches (dense model).
 
     Returns (o_moments, down_moments), one (F + 1, F + 1) float64 matrix per layer. Compute once and reuse
     for several plans with `apply_mask_tuning` and `reselect_units` (the moments do not depend on the plan).
-    This holds every layer's statistics at once.
+    This holds every layer's statistics at once. skip_layers: layers whose statistics are not collected
+    (None in their place), for instance the layers a plan removes; such moments serve only plans that
+    remove those layers.
     """
-    return _input_second_moments(model, get_layout(model), take(dataloader, max_batches))
+    skip = frozenset(int(i) for i in skip_layers)
+    return _input_second_moments(model, get_layout(model), take(dataloader, max_batches), skip)

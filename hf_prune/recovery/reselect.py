@@ -20,6 +20,9 @@ and the remaining weights and inverse update in closed form:
 
 Groups are removed greedily, cheapest first: one head (head_dim columns) at a time, FFN neurons `block` at a
 time. The final weights are then solved exactly by `apply_mask_tuning(..., reconstruct="weights")`.
+
+A plan that also removes whole layers keeps them removed: only the surviving layers' units are re-chosen
+(the removed layers need no moments), and the new plan carries the same `layers`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..importance.scores import ImportanceScores
 from ..planning.plan import PruningPlan
 from ..utils import as_out_in
 from .least_squares import inverse_spd, solve_spd
-from .moments import check_moments
+from .moments import check_moments, removed_layers
 
 
 def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int]], families: list[int],
@@ -114,13 +117,13 @@ def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, lis
     moments: `calibration_moments(model, ...)` of the dense `model` (the one the plan is for). ridge: relative
     Tikhonov term, as in `reconstruct_weights`. block: FFN neurons removed per greedy step (1 is exact greedy
     and slowest). The model is not modified. Follow with `apply_mask_tuning(model, new_plan, moments,
-    reconstruct="weights")`.
+    reconstruct="weights")`. The plan's `layers` (whole layers removed) are kept as they are.
     """
     _check(ridge, block)
     layout = get_layout(model)
     plan.check_model(model)
     layers = get_layers(model, layout)
-    check_moments(moments, model)
+    check_moments(moments, model, removed_layers(plan, model))
     o_moments, down_moments = moments
     heads: dict[int, list[int]] = {}
     neurons: dict[int, list[int]] = {}
@@ -142,7 +145,7 @@ def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, lis
             neurons[i] = removed_groups(greedy_obs(moment, w, groups, [0] * shape.ffn, {0: len(plan.neurons[i])}, ridge, block))
     metadata = dict(plan.metadata, reselected={"rule": "greedy OBS reconstruction error", "ridge": ridge,
                                                 "block": block})
-    return PruningPlan(heads, neurons, metadata)
+    return PruningPlan(heads, neurons, metadata, plan.layers)
 
 
 def _uncompensated(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
@@ -173,6 +176,7 @@ def reconstruction_scores(model: nn.Module, scores: ImportanceScores, moments: t
     and between heads and neurons, each block's errors are multiplied by its loss-per-error factor: the block's
     `scores` summed over its units divided by their uncompensated errors summed. Use fisher `scores` (squared
     gradients, a second-order loss estimate). moments: `calibration_moments` of the same dense model.
+    Layer scores (`scores.layers`) are passed through unchanged, so the result can still plan layer removal.
     """
     _check(ridge, block)
     layout = get_layout(model)
@@ -197,4 +201,4 @@ def reconstruction_scores(model: nn.Module, scores: ImportanceScores, moments: t
             steps = greedy_obs(m, w, groups, [0] * units, {0: units}, ridge, 1 if width > 1 else block)
             out.append(_step_scores(steps, units, factor).float())
     return ImportanceScores(heads, neurons, [s.kv_heads for s in shapes], f"{scores.method}+reconstruction",
-                            scores.num_batches)
+                            scores.num_batches, layers=scores.layers)
