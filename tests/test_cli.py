@@ -302,3 +302,38 @@ def test_help_lists_the_pruning_flags(capsys):
     for flag in ("--head_sparsity", "--flops_reduction", "--importance", "--retrain_free", "--distill",
                  "--pruning_start_step", "--unstructured_sparsity", "--quantize_int8", "--learning_rate", "--reconstruct"):
         assert flag in text
+
+
+@pytest.fixture(scope="module")
+def deep_model_dir(tmp_path_factory):
+    """The tiny BERT with 4 layers, for layer removal."""
+    folder = tmp_path_factory.mktemp("tiny-bert-4")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(assets.minilm_dir()).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("extra", [["--retrain_free", "--importance", "fisher"],
+                                   ["--pruning_start_step", "2", "--pruning_end_step", "4", "--pruning_events", "2",
+                                    "--pruning_schedule", "linear"]])
+def test_layer_removal_flags(extra, deep_model_dir, data, tmp_path):
+    out = tmp_path / "out"
+    args = base_args(deep_model_dir, *data["single"], out) + extra + [
+        "--num_layers_to_remove", "2", "--head_sparsity", "0.5", "--layer_importance", "block_influence"]
+    assert main(args) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert (report["before"]["num_layers"], report["after"]["num_layers"]) == (4, 2)
+    assert len(report["pruning"]["removed_layers"]) == 2 and report["pruning"]["layer_importance"] == "block_influence"
+    assert sum(report["after"]["structure"]["heads_per_layer"]) == 4  # half of the 2 remaining layers' heads
+    model = load_pruned(out)
+    assert model.config.num_hidden_layers == 2 and model.config.hf_prune["base"]["num_layers"] == 4
+    assert sorted(set(range(4)) - set(model.config.hf_prune["layers"])) == report["pruning"]["removed_layers"]
+
+
+def test_removing_every_layer_is_refused(deep_model_dir, data, tmp_path, capsys):
+    args = base_args(deep_model_dir, *data["single"], tmp_path / "out") + ["--retrain_free", "--layer_sparsity", "0.9"]
+    assert main(args) == 2
+    assert "at least one must remain" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 Arguments: hf_prune/cli/arguments.py (run_glue.py style, every Trainer flag works). `run` is a sequence of
 steps: load (check every input, read the data, load the model) -> evaluate the dense model -> prune
-(retrain-free: score, plan, least-squares recovery; or HeadPruningCallback while fine-tuning) -> evaluate
+(retrain-free: drop the lowest-scoring layers, then score, plan, least-squares recovery of the widths; or
+HeadPruningCallback while fine-tuning) -> evaluate
 again -> measure (FLOPs, CPU latency, optional int8 copy) -> write the model, tokenizer, pruning_report.json,
 heads_kept.png and a model card into a temporary folder, moved into `output_dir` only when complete ->
 print a before/after table -> optionally push to the Hub.
@@ -115,6 +116,10 @@ def load(job: Job) -> None:
                               args.max_eval_samples)
     set_seed(job.training.seed)  # a new task head is initialised reproducibly
     job.tokenizer, job.model = load_model(job.model_args, job.data, job.training.device)
+    if job.config.removes_layers:  # removing every layer -> ValueError, before any pass over the data
+        from ..training.events import dense_layer_count
+
+        job.config.layers_to_remove(dense_layer_count(job.model))
     job.train_set, job.eval_set = tokenize(job.data, job.tokenizer, args.max_seq_length)
     job.collator = DataCollatorWithPadding(job.tokenizer)
 
@@ -140,8 +145,35 @@ def make_plan(scores, model, config: PruningConfig):
                               **config.plan_constraints())
 
 
+def drop_weakest_layers(model, calibration, config: PruningConfig) -> list[int]:
+    """Remove the lowest-scoring layers (layer importance on the calibration batches) up to the config's layer
+    target; returns their original indices (empty without layer removal)."""
+    from ..architecture.config_entry import layer_history
+    from ..architecture.layouts import get_layers
+    from ..importance.layers import compute_layer_importance
+    from ..surgery.depth import drop_layers
+    from ..training.events import dense_layer_count, layers_due, lowest_layers
+
+    n = len(get_layers(model))
+    due = layers_due(config, dense_layers=dense_layer_count(model), alive=n, fraction=1.0) \
+        if config.removes_layers else 0
+    if not due:
+        return []
+    scores = compute_layer_importance(model, calibration, method=config.layer_importance, label_free=config.label_free)
+    drop = lowest_layers(scores, list(range(n)), due)
+    original, _ = layer_history(model.config, n)
+    drop_layers(model, drop)
+    return [original[i] for i in drop]
+
+
 def prune_retrain_free(job: Job) -> dict:
-    """Score on calibration data, plan, recover by least squares (or just cut), then unstructured zeros."""
+    """Drop the weakest layers, then score the widths of the remaining ones on calibration data, plan, recover by
+    least squares (or just cut), then unstructured zeros.
+
+    Layers go first, so width scores, the plan and the recovery statistics all see the model as it will be:
+    recovery re-fits the remaining layers' kept units to the outputs those layers had (dense widths) after the
+    layer removal, so it cannot bring back what a removed layer contributed.
+    """
     from ..importance.compute import compute_importance
     from ..recovery.mask_tuning import apply_mask_tuning, tune_masks
     from ..recovery.moments import calibration_moments
@@ -150,6 +182,12 @@ def prune_retrain_free(job: Job) -> dict:
 
     config, model = job.config, job.model
     calibration = job.calibration()
+    removed_layers = drop_weakest_layers(model, calibration, config)
+    if removed_layers and not config.prunes_widths:  # depth only: no width scores, nothing to recover
+        if config.unstructured_sparsity:
+            prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
+        return {"mode": "retrain-free", "schedule": None, "reselected": False, "recovery": None, "config": config,
+                "removed_layers": removed_layers}
     scores = compute_importance(model, calibration, method=config.importance, label_free=config.label_free,
                                 seed=job.training.seed)
     plan = make_plan(scores, model, config)
@@ -165,7 +203,8 @@ def prune_retrain_free(job: Job) -> dict:
     if config.unstructured_sparsity:
         prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
     return {"mode": "retrain-free", "schedule": None, "reselected": reselected,
-            "recovery": config.reconstruct if config.mask_tuning else None, "config": config}
+            "recovery": config.reconstruct if config.mask_tuning else None, "config": config,
+            "removed_layers": removed_layers}
 
 
 def fine_tuning_schedule(config: PruningConfig, training_args, n_train: int) -> PruningConfig:
@@ -212,7 +251,18 @@ def prune_while_fine_tuning(job: Job, dense) -> dict:
     job.model = trainer.model
     schedule = {"start_step": config.pruning_start_step, "end_step": config.pruning_end_step,
                 "num_events": config.pruning_events, "schedule": config.pruning_schedule}
-    return {"mode": "fine-tuned", "schedule": schedule, "reselected": False, "recovery": None, "config": config}
+    return {"mode": "fine-tuned", "schedule": schedule, "reselected": False, "recovery": None, "config": config,
+            "removed_layers": removed_original_layers(dense, job.model)}
+
+
+def removed_original_layers(dense, pruned) -> list[int]:
+    """Original indices of the layers `dense` had and `pruned` no longer has."""
+    from ..architecture.config_entry import layer_history
+    from ..architecture.layouts import get_layers
+
+    before, _ = layer_history(dense.config, len(get_layers(dense)))
+    after, _ = layer_history(pruned.config, len(get_layers(pruned)))
+    return sorted(set(before) - set(after))
 
 
 def measure(job: Job, dense, pruning: dict, before: tuple[dict, dict], after: tuple[dict, dict]) -> dict:
@@ -242,6 +292,9 @@ def measure(job: Job, dense, pruning: dict, before: tuple[dict, dict], after: tu
         "seq_len": seq_len,
         "pruning": {"mode": pruning["mode"], "importance": config.importance, "head_sparsity": config.head_sparsity,
                     "ffn_sparsity": config.ffn_sparsity, "flops_reduction": config.flops_reduction,
+                    "layer_sparsity": config.layer_sparsity, "num_layers_to_remove": config.num_layers_to_remove,
+                    "layer_importance": config.layer_importance if config.removes_layers else None,
+                    "removed_layers": pruning.get("removed_layers", []),
                     "schedule": pruning["schedule"], "distill": cli.distill, "recovery": pruning["recovery"],
                     "reselected": pruning["reselected"], "config": pruning["config"].to_dict()},
         "before": before,
@@ -321,11 +374,13 @@ def metrics_fn(data):
 
 
 def snapshot(model, seq_len: int) -> dict:
-    """Parameters, layer FLOPs at `seq_len` and per-layer structure of a model."""
+    """Parameters, layer FLOPs at `seq_len`, layer count and per-layer structure of a model."""
     from ..architecture.counting import count_flops, count_parameters
+    from ..architecture.layouts import get_layers
     from .report import structure
 
-    return {"parameters": count_parameters(model), "flops": count_flops(model, seq_len), "structure": structure(model)}
+    return {"parameters": count_parameters(model), "flops": count_flops(model, seq_len),
+            "num_layers": len(get_layers(model)), "structure": structure(model)}
 
 
 def state_dict_bytes(model) -> int:

@@ -1,15 +1,17 @@
-"""HeadPruningCallback: interleave head and FFN-neuron pruning with fine-tuning in the transformers Trainer.
+"""HeadPruningCallback: interleave head, FFN-neuron and whole-layer pruning with fine-tuning in the transformers Trainer.
 
 A thin TrainerCallback over plain functions and helpers of this subpackage:
 
 - gates on every layer's output/down projections are attached when training begins; they carry the
   training gradients used for importance (summed on the device in `on_pre_optimizer_step`, no extra
   passes: `running_scores`) and hold pruned units at zero while the shapes cannot change (`gating`);
-- at each pruning event (`schedule`) the next slice of units is planned from the scores (`events`);
+- at each pruning event (`schedule`) the next slice of units is planned from the scores (`events`); with
+  layer removal, the lowest-scoring layers (layer importance on the calibration batches) go first and the
+  widths are planned over the layers that remain;
 - single process: the model is compacted physically at each event, and the optimizer's state is sliced
-  with it (same Parameter objects), so fine-tuning runs faster;
+  with it (same Parameter objects; a removed layer's state is dropped), so fine-tuning runs faster;
 - DDP / FSDP / DeepSpeed fix parameter shapes when they wrap the model: there the callback keeps gates
-  (masks) and cuts once training ends;
+  (masks; a gated layer passes its input through) and cuts once training ends;
 - event metrics reach the Trainer's loggers as `reporting` describes; the state travels in checkpoints
   (`checkpoint`).
 
@@ -30,14 +32,16 @@ from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
 from ..importance.compute import compute_importance
 from ..importance.estimators import DATA_METHODS
+from ..importance.layers import LayerScores, compute_layer_importance
 from ..importance.scores import ImportanceScores
+from ..planning.plan import PruningPlan
 from ..surgery.width import prune_model
 from ..unstructured.magnitude import apply_masks, prune_unstructured, zero_masks
 from ..utils import distributed, is_main_process
 from .checkpoint import callback_state, config_changes, resize_to_checkpoint, saved_config, saved_state
 from .config import PruningConfig, config_from_keywords
-from .events import dense_totals, event_record, plan_event
-from .gating import GateMasks
+from .events import dense_layer_count, dense_totals, event_record, layers_due, lowest_layers, plan_event
+from .gating import GateMasks, attach_layer_gates
 from .optimizers import inner_optimizer, loss_scale, unscale_parameter_gradients
 from .reporting import EventLog
 from .running_scores import RunningScores, gate_terms, legacy_state, taylor_terms
@@ -74,14 +78,15 @@ def compacting(compact: str, args, optimizer) -> bool:
 
 
 class HeadPruningCallback(TrainerCallback, ExportableState):
-    """Prune attention heads and FFN neurons while the Trainer fine-tunes.
+    """Prune attention heads, FFN neurons and whole layers while the Trainer fine-tunes.
 
     `config` (a `PruningConfig`, or a dict of its fields) says what to prune and when; any of its fields,
     and the historical keyword names (start_step, end_step, num_events, schedule, scope, min_heads, seq_len,
     compact=True/False; see `CALLBACK_ALIASES`), may be given as keywords and override it. The callback
     uses pruning_start_step 0, one event and flops_seq_len 128 where the config leaves them None.
     `calibration_dataloader`: batches for methods that are not summed from the training steps (activation,
-    or any method before the first step); `seed`: for the `random` method.
+    or any method before the first step), and for layer importance (needed when layers are removed);
+    `seed`: for the `random` method.
     """
 
     def __init__(self, config: PruningConfig | dict | None = None, *, calibration_dataloader=None, seed: int = 0,
@@ -93,7 +98,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         self.event_log = EventLog()  # event metrics waiting for the Trainer's next log call (see reporting)
         # state carried through checkpoints (ExportableState)
         self.events_done = 0
-        self.dense: dict | None = None  # {"heads", "ffn", "flops"} of the dense model, FLOPs at seq_len
+        self.dense: dict | None = None  # {"layers", "heads", "ffn", "flops"} of the dense model, FLOPs at seq_len
         self.masks: GateMasks | None = None  # gate mode only
         self.running = RunningScores()  # training-gradient scores, on the gates' devices
         self._saved_scores: dict | None = None  # scores from a checkpoint, loaded when the gates are attached
@@ -110,6 +115,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         attributes = {"events_done": self.events_done, "dense": self.dense,
                       "head_masks": [list(m) for m in self.masks.heads] if gated else None,
                       "neuron_masks": [list(m) for m in self.masks.neurons] if gated else None,
+                      "layer_masks": list(self.masks.layers) if gated else None,
                       "running_scores": scores}
         return callback_state(self.config, self.seed, attributes)
 
@@ -127,7 +133,8 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         self.events_done = attributes.get("events_done", 0)
         self.dense = attributes.get("dense")
         heads, neurons = attributes.get("head_masks"), attributes.get("neuron_masks")
-        self.masks = GateMasks(heads, neurons) if heads is not None else None
+        layers = attributes.get("layer_masks")  # absent in checkpoints written before layer removal
+        self.masks = GateMasks(heads, neurons, layers) if heads is not None else None
         scores = attributes.get("running_scores") or legacy_state(attributes)
         # each process saved only its own share of the sums, and only the main one's was written: the others
         # start again from zero, so that the sums over processes count it once
@@ -153,6 +160,14 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
     def _check(self, args, model) -> None:
         get_layout(model)  # unsupported model -> ValueError naming its model_type
         self.schedule.check_fits(getattr(args, "max_steps", -1))
+        if self.config.removes_layers:
+            self.config.layers_to_remove(dense_layer_count(model))  # removing every layer -> ValueError
+            if self.calibration_dataloader is None:
+                raise ValueError(
+                    "removing layers (layer_sparsity / num_layers_to_remove) scores them on calibration batches: pass "
+                    "HeadPruningCallback(..., calibration_dataloader=<batches with input_ids, attention_mask and, for "
+                    "layer_importance loss or fisher, labels>). (restore_callback_states_from_checkpoint=True rebuilds "
+                    "the callback without it: leave that option off, the callback resumes from checkpoints by itself)")
 
     # ------------------------------------------------------------------ Trainer events
 
@@ -167,6 +182,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         self._compacting = compacting(self.config.compact, args, optimizer)
         if self.dense is None:
             self.dense = dense_totals(model, self.seq_len)
+        self.dense.setdefault("layers", dense_layer_count(model))  # checkpoints written before layer removal
         self._weight_masks = None  # resumed runs rebuild them from the weights' zeros at the first step
         if not self.config.structured:
             return
@@ -182,7 +198,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             self._weight_masks = zero_masks(model)  # resumed: an exact zero is a pruned weight
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if self.config.from_training_gradients and self._gates is not None:
+        if self.config.from_training_gradients and self.config.prunes_widths and self._gates is not None:
             self._accumulate(model, optimizer)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -221,6 +237,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         self._gates = self._stack.enter_context(attach_gates(model, requires_grad=True))
         if self.masks is not None:
             self.masks.load_into(self._gates)
+            self._stack.enter_context(attach_layer_gates(model, self.masks))
         if self._saved_scores is not None:
             self.running.load(self._saved_scores, self._gates)
             self._saved_scores = None
@@ -262,16 +279,37 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             logger.warning("hf_prune: no %s scores available at this event; using l2 weight norms",
                            self.config.importance)
         self._detach()
-        scores = compute_importance(model, data, method=method, label_free=self.config.label_free,
-                                    max_batches=self.config.calibration_batches, seed=self.seed)
+        with ExitStack() as stack:
+            if self.masks is not None:  # gated layers stay silent while the widths are scored
+                stack.enter_context(attach_layer_gates(model, self.masks))
+            scores = compute_importance(model, data, method=method, label_free=self.config.label_free,
+                                        max_batches=self.config.calibration_batches, seed=self.seed)
         self._attach(model)
         return scores
 
+    def _layer_scores(self, model) -> LayerScores:
+        """Layer importance on the calibration batches, with the gates (and gated layers) in place."""
+        return compute_layer_importance(model, self.calibration_dataloader, method=self.config.layer_importance,
+                                        label_free=self.config.label_free,
+                                        max_batches=self.config.calibration_batches)
+
     # ------------------------------------------------------------------ events
 
-    def _plan(self, model, fraction: float):
-        return plan_event(self._scores(model), model, self.config, dense=self.dense, fraction=fraction,
-                          seq_len=self.seq_len, masks=self.masks)
+    def _plan(self, model, fraction: float) -> PruningPlan:
+        """This event's plan: the layers it removes (current indices), and the widths of the layers that remain."""
+        n = len(layer_shapes(model))
+        alive = self.masks.alive() if self.masks is not None else list(range(n))
+        drop = []
+        due = layers_due(self.config, dense_layers=self.dense["layers"], alive=len(alive), fraction=fraction) \
+            if self.config.removes_layers else 0
+        if due:
+            drop = lowest_layers(self._layer_scores(model), alive, due)
+        if not self.config.prunes_widths:
+            return PruningPlan(layers=drop)
+        keep = [i for i in alive if i not in drop]
+        widths = plan_event(self._scores(model), model, self.config, dense=self.dense, fraction=fraction,
+                            seq_len=self.seq_len, masks=self.masks, keep=keep)
+        return PruningPlan(widths.heads, widths.neurons, widths.metadata, layers=drop)
 
     def _event(self, state, model, optimizer, event: int) -> None:
         fraction = self.schedule.fraction(event)
@@ -279,7 +317,8 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             plan = self._plan(model, fraction)
             if self._compacting:
                 self._detach()
-                prune_model(model, heads=plan.heads, neurons=plan.neurons, optimizer=inner_optimizer(optimizer))
+                prune_model(model, heads=plan.heads, neurons=plan.neurons, layers=plan.layers,
+                            optimizer=inner_optimizer(optimizer))
             else:
                 self.masks.remove(plan)
             self.running = RunningScores()  # the next event ranks on fresh scores

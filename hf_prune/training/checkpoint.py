@@ -1,7 +1,7 @@
 """The callback's state in Trainer checkpoints (`trainer_state.json`), and shrinking a model to a checkpoint's shapes.
 
 State format: {"args": {"config": PruningConfig fields, "seed": int}, "attributes": {events_done, dense,
-head_masks, neuron_masks, running_scores}}. `args` are the callback's constructor keywords, as the Trainer's
+head_masks, neuron_masks, layer_masks, running_scores}}. `args` are the callback's constructor keywords, as the Trainer's
 `restore_callback_states_from_checkpoint` needs. Checkpoints written before PruningConfig existed hold
 {"args": {the old keyword names}, "attributes": {..., head_scores, neuron_scores, accumulated_steps}};
 both resume.
@@ -13,7 +13,9 @@ import dataclasses
 
 from torch import nn
 
-from ..architecture.config_entry import read_config_entry, write_config_entry
+from ..architecture.config_entry import layer_history, read_config_entry, write_config_entry
+from ..architecture.layouts import get_layers
+from ..surgery.depth import drop_layers
 from ..surgery.width import resize_to_shapes
 from .config import PruningConfig, config_from_keywords
 
@@ -45,16 +47,24 @@ def config_changes(saved: PruningConfig, current: PruningConfig) -> list[str]:
 
 
 def resize_to_checkpoint(model: nn.Module, checkpoint_dir) -> nn.Module:
-    """Shrink `model` to the shapes recorded in a checkpoint's config.json, before the Trainer loads its weights.
+    """Shrink `model` to the layers and shapes recorded in a checkpoint's config.json, before the Trainer loads
+    its weights.
 
     Call it before `trainer.train(resume_from_checkpoint=checkpoint_dir)` when the checkpoint was written
-    after a compaction (the dense weights would not fit otherwise). The kept units' values do not matter:
-    the Trainer overwrites them from the checkpoint.
+    after a compaction (the dense weights would not fit otherwise). Layers the checkpoint no longer has are
+    dropped first (matched by their original indices, `config.hf_prune.layers`), then the widths are cut.
+    The kept units' values do not matter: the Trainer overwrites them from the checkpoint.
     """
     from transformers import AutoConfig
 
     entry = read_config_entry(AutoConfig.from_pretrained(checkpoint_dir))
     if entry is not None:
+        current, _ = layer_history(model.config, len(get_layers(model)))
+        missing = sorted(set(entry["layers"]) - set(current))
+        if missing:
+            raise ValueError(f"the checkpoint {checkpoint_dir} has original layer(s) {missing}, which this model "
+                             "no longer has: start from the model the run began with")
+        drop_layers(model, [i for i, original in enumerate(current) if original not in set(entry["layers"])])
         resize_to_shapes(model, entry["heads"], entry["kv_heads"], entry["ffn"])
         written = write_config_entry(model)
         if "kept_heads" in entry:

@@ -9,9 +9,11 @@ message. Fractions removed (sparsities, FLOPs reduction) are in [0, 1) everywher
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from ..importance.estimators import GRADIENT_METHODS, METHODS
+from ..importance.layers import LAYER_METHODS
 from ..serialization.json_file import JsonFile
 
 SCHEDULES = ("cubic", "linear")
@@ -38,6 +40,11 @@ class PruningConfig(JsonFile):
         "fraction of the dense layers' FLOPs to remove, in [0, 1), heads and neurons chosen jointly; FLOPs are "
         "counted for one sequence of flops_seq_len tokens (default: --max_seq_length on the command line, 128 in "
         "the callback). Give this or head_sparsity/ffn_sparsity, not both"))
+    layer_sparsity: float = field(default=0.0, metadata=_help(
+        "fraction of the dense model's transformer layers to remove whole, in [0, 1); rounded to a count, at least "
+        "one layer remains. Width targets then apply to the remaining layers"))
+    num_layers_to_remove: int = field(default=0, metadata=_help(
+        "number of the dense model's transformer layers to remove whole (instead of layer_sparsity)"))
     unstructured_sparsity: float = field(default=0.0, metadata=_help(
         "also zero this fraction of the attention/FFN projection weights by magnitude (unstructured), in [0, 1)"))
     unstructured_scope: str = field(default="global", metadata=_help(
@@ -46,6 +53,10 @@ class PruningConfig(JsonFile):
     importance: str = field(default="fisher", metadata=_help(
         "how units are scored: gradient, fisher, taylor (loss gradients), l1, l2 (weight norms), activation, random",
         choices=list(METHODS)))
+    layer_importance: str = field(default="block_influence", metadata=_help(
+        "how whole layers are scored, on calibration batches: block_influence (1 - cos of a layer's input and "
+        "output), angular, loss (calibration loss with the layer skipped), fisher (gradient of a residual gate)",
+        choices=list(LAYER_METHODS)))
     label_free: bool = field(default=False, metadata=_help(
         "score with the model's own predictions as targets instead of the labels"))
     calibration_samples: int = field(default=256, metadata=_help(
@@ -109,7 +120,9 @@ class PruningConfig(JsonFile):
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
         if self.flops_reduction is not None and (self.head_sparsity or self.ffn_sparsity):
             raise ValueError("give flops_reduction or head_sparsity/ffn_sparsity, not both")
-        for name, allowed in (("importance", METHODS), ("pruning_schedule", SCHEDULES), ("pruning_scope", SCOPES),
+        self._validate_layers()
+        for name, allowed in (("importance", METHODS), ("layer_importance", LAYER_METHODS),
+                              ("pruning_schedule", SCHEDULES), ("pruning_scope", SCOPES),
                               ("unstructured_scope", SCOPES), ("gqa", GQA_MODES), ("reconstruct", RECONSTRUCT),
                               ("compact", COMPACT)):
             if getattr(self, name) not in allowed:
@@ -127,11 +140,39 @@ class PruningConfig(JsonFile):
         if start is not None and end is not None and end < start:
             raise ValueError(f"pruning_end_step ({end}) must be >= pruning_start_step ({start})")
 
+    def _validate_layers(self) -> None:
+        value = self.layer_sparsity
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"layer_sparsity must be a number in [0, 1), got {value!r}")
+        count = self.num_layers_to_remove
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"num_layers_to_remove must be an integer >= 0, got {count!r}")
+        if value and count:
+            raise ValueError("give layer_sparsity or num_layers_to_remove, not both")
+
     # ------------------------------------------------------------------ what the run does
 
     @property
+    def removes_layers(self) -> bool:
+        """Are whole transformer layers removed?"""
+        return bool(self.layer_sparsity or self.num_layers_to_remove)
+
+    def layers_to_remove(self, dense_layers: int) -> int:
+        """How many of the dense model's `dense_layers` layers the run removes in all (at least one remains)."""
+        count = self.num_layers_to_remove or math.floor(self.layer_sparsity * dense_layers + 0.5)
+        if count >= dense_layers:
+            raise ValueError(f"cannot remove {count} of the model's {dense_layers} layers: at least one must remain "
+                             f"(lower layer_sparsity or num_layers_to_remove)")
+        return count
+
+    @property
     def structured(self) -> bool:
-        """Are heads or FFN neurons removed (or only individual weights)?"""
+        """Are heads, FFN neurons or whole layers removed (or only individual weights)?"""
+        return bool(self.head_sparsity or self.ffn_sparsity or self.flops_reduction is not None or self.removes_layers)
+
+    @property
+    def prunes_widths(self) -> bool:
+        """Are heads or FFN neurons removed?"""
         return bool(self.head_sparsity or self.ffn_sparsity or self.flops_reduction is not None)
 
     @property

@@ -1,19 +1,27 @@
 """One pruning event's arithmetic: the budget it reaches, the plan that meets it, and what it logs.
 
-Targets are fractions of the dense model (its widths from `config.hf_prune.base`, or the config's plain
-keys), so a run that resumes, or starts from an already pruned model, still ends at the same totals.
+Targets are fractions of the dense model (its widths and layer count from `config.hf_prune.base`, or the
+config's plain keys), so a run that resumes, or starts from an already pruned model, still ends at the same
+totals. Whole layers: at an event reaching fraction f of the schedule, round(f * target count) of the dense
+layers are gone, the lowest-scoring ones first. Width targets (head/FFN sparsity, FLOPs reduction) apply to
+the layers that remain: they are planned over those layers only, so a layer being removed is never part of
+a width plan.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
-from ..architecture.config_entry import ENTRY_KEY, dense_widths
+from ..architecture.config_entry import ENTRY_KEY, dense_widths, layer_history
 from ..architecture.counting import count_flops, count_parameters, layer_flops
-from ..architecture.layouts import get_layout
+from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
+from ..importance.layers import LayerScores
 from ..importance.scores import ImportanceScores
 from ..planning.budgets import plan_from_flops, plan_from_sparsity
 from ..planning.plan import PruningPlan
@@ -22,14 +30,61 @@ from .config import PruningConfig
 from .gating import GateMasks
 
 
+def dense_layer_count(model: nn.Module) -> int:
+    """The dense model's layer count (`config.hf_prune.base.num_layers` after depth pruning, else the current one)."""
+    return layer_history(model.config, len(get_layers(model)))[1]
+
+
 def dense_totals(model: nn.Module, seq_len: int) -> dict:
-    """{"heads", "ffn": totals over layers, "flops": layer FLOPs at `seq_len`} of the dense model."""
+    """{"layers", "heads", "ffn": totals over layers, "flops": layer FLOPs at `seq_len`} of the dense model."""
     entry = getattr(model.config, ENTRY_KEY, None)
     base = entry["base"] if isinstance(entry, dict) else dense_widths(model.config)
     shapes = layer_shapes(model)
-    n, hidden, gated = len(shapes), model.config.hidden_size, get_layout(model).gate is not None
+    n, hidden, gated = dense_layer_count(model), model.config.hidden_size, get_layout(model).gate is not None
     flops = n * layer_flops(hidden, base["heads"], base["kv_heads"], shapes[0].head_dim, base["ffn"], seq_len, gated)
-    return {"heads": n * base["heads"], "ffn": n * base["ffn"], "flops": flops}
+    return {"layers": n, "heads": n * base["heads"], "ffn": n * base["ffn"], "flops": flops}
+
+
+def layers_due(config: PruningConfig, *, dense_layers: int, alive: int, fraction: float) -> int:
+    """How many of the `alive` layers must go now for round(fraction * target count) of the `dense_layers` to be
+    removed in all (0 when none; at least one layer always remains)."""
+    wanted = math.floor(config.layers_to_remove(dense_layers) * fraction + 0.5)
+    return max(0, min(wanted - (dense_layers - alive), alive - 1))
+
+
+def lowest_layers(layer_scores: LayerScores, alive: list[int], count: int) -> list[int]:
+    """The `count` lowest-scoring layers among `alive` (current indices), sorted."""
+    candidates = set(alive)
+    return sorted([i for i in layer_scores.ranking() if i in candidates][:count])
+
+
+@contextmanager
+def layer_subset(model: nn.Module, keep: list[int]) -> Iterator[nn.Module]:
+    """The model seen with only its layers `keep` (renumbered 0..), for planning: no forward pass inside.
+
+    The planners read widths through the layer list (`layer_shapes`); nothing else changes, and the full
+    list is back when the context exits.
+    """
+    layers = get_layers(model)
+    modules = layers._modules
+    layers._modules = OrderedDict((str(j), modules[str(i)]) for j, i in enumerate(keep))
+    try:
+        yield model
+    finally:
+        layers._modules = modules
+
+
+def _scores_of(scores: ImportanceScores, keep: list[int]) -> ImportanceScores:
+    return ImportanceScores(heads=[scores.heads[i] for i in keep], neurons=[scores.neurons[i] for i in keep],
+                            kv_heads=[scores.kv_heads[i] for i in keep], method=scores.method,
+                            num_batches=scores.num_batches)
+
+
+def _plan_of(plan: PruningPlan, keep: list[int]) -> PruningPlan:
+    """`plan`'s units in layers `keep`, renumbered 0.. (into the subset)."""
+    where = {i: j for j, i in enumerate(keep)}
+    return PruningPlan({where[i]: h for i, h in plan.heads.items() if i in where},
+                       {where[i]: n for i, n in plan.neurons.items() if i in where})
 
 
 def removal_fraction(target: float, fraction: float, dense: int, current: int) -> float:
@@ -42,32 +97,50 @@ def removal_fraction(target: float, fraction: float, dense: int, current: int) -
 
 
 def plan_event(scores: ImportanceScores, model: nn.Module, config: PruningConfig, *, dense: dict, fraction: float,
-               seq_len: int, masks: GateMasks | None = None) -> PruningPlan:
-    """The plan that reaches `fraction` of the config's targets; in gate mode it includes the gated units."""
+               seq_len: int, masks: GateMasks | None = None, keep: list[int] | None = None) -> PruningPlan:
+    """The width plan that reaches `fraction` of the config's width targets over the layers `keep` (default:
+    all), in the model's layer indices; in gate mode it includes the gated units of those layers.
+
+    The targets are those of the dense widths of `len(keep)` layers; with layers left out, scores, gated units
+    and the model are seen through the subset (`layer_subset`) and the plan is mapped back.
+    """
+    n = len(get_layers(model))
+    keep = list(range(n)) if keep is None else list(keep)
     removed = masks.removed() if masks is not None else None  # gated units: already gone, counted toward the budget
+    if keep != list(range(n)):
+        scores, removed = _scores_of(scores, keep), _plan_of(removed, keep) if removed is not None else None
+    share = len(keep) / dense.get("layers", n)  # of the dense totals, what the kept layers had
     constraints = config.plan_constraints()
-    if config.flops_reduction is not None:
-        target = dense["flops"] * (1.0 - config.flops_reduction * fraction)
-        return plan_from_flops(scores, model, max_flops=target, seq_len=seq_len, **constraints, removed=removed)
-    shapes = layer_shapes(model)
-    heads = removal_fraction(config.head_sparsity, fraction, dense["heads"], sum(s.heads for s in shapes))
-    ffn = removal_fraction(config.ffn_sparsity, fraction, dense["ffn"], sum(s.ffn for s in shapes))
-    return plan_from_sparsity(scores, head_sparsity=heads, ffn_sparsity=ffn, scope=config.pruning_scope,
-                              **constraints, removed=removed)
+    with layer_subset(model, keep) as view:
+        if config.flops_reduction is not None:
+            target = dense["flops"] * share * (1.0 - config.flops_reduction * fraction)
+            plan = plan_from_flops(scores, view, max_flops=target, seq_len=seq_len, **constraints, removed=removed)
+        else:
+            shapes = layer_shapes(view)
+            heads = removal_fraction(config.head_sparsity, fraction, round(dense["heads"] * share),
+                                     sum(s.heads for s in shapes))
+            ffn = removal_fraction(config.ffn_sparsity, fraction, round(dense["ffn"] * share),
+                                   sum(s.ffn for s in shapes))
+            plan = plan_from_sparsity(scores, head_sparsity=heads, ffn_sparsity=ffn, scope=config.pruning_scope,
+                                      **constraints, removed=removed)
+    return PruningPlan({keep[j]: h for j, h in plan.heads.items()}, {keep[j]: u for j, u in plan.neurons.items()},
+                       plan.metadata)
 
 
 def event_record(model: nn.Module, *, event: int, step: int, seq_len: int, masks: GateMasks | None,
                  weight_sparsity: bool) -> dict:
-    """What an event logs: kept heads and FFN neurons and layer FLOPs (gated units counted as cut), parameters."""
+    """What an event logs: kept layers, heads and FFN neurons and layer FLOPs (gated units and layers counted as
+    cut), parameters."""
     if masks is not None:
         kept_heads, kept_ffn = masks.kept()
-        flops = masks.flops(model, seq_len)
+        flops, layers = masks.flops(model, seq_len), len(masks.alive())
     else:
         shapes = layer_shapes(model)
         kept_heads, kept_ffn = sum(s.heads for s in shapes), sum(s.ffn for s in shapes)
-        flops = count_flops(model, seq_len)
-    record = {"step": step, "hf_prune/event": event, "hf_prune/heads": kept_heads, "hf_prune/ffn_neurons": kept_ffn,
-              "hf_prune/flops": flops, "hf_prune/parameters": count_parameters(model)}
+        flops, layers = count_flops(model, seq_len), len(shapes)
+    record = {"step": step, "hf_prune/event": event, "hf_prune/layers": layers, "hf_prune/heads": kept_heads,
+              "hf_prune/ffn_neurons": kept_ffn, "hf_prune/flops": flops,
+              "hf_prune/parameters": count_parameters(model)}
     if weight_sparsity:
         record["hf_prune/weight_sparsity"] = sparsity_report(model).sparsity
     return record

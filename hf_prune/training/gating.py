@@ -1,12 +1,17 @@
 """Gate mode: pruned units held at zero by their gates while parameter shapes cannot change (DDP, FSDP).
 
 `GateMasks` records, per layer and in the model's current (un-compacted) coordinates, which heads and FFN
-neurons are kept (1) or gated off (0). Planning treats the gated units as already removed
-(`removed=`), and when training ends `cut` removes them physically.
+neurons are kept (1) or gated off (0), and which whole layers are kept (1) or gated off (0). A gated-off
+layer passes its input through: output = input + g * (layer(input) - input) with g = 0, so its parameters
+stay in the autograd graph (zero gradients, as DDP expects of every parameter) and keep their shapes.
+Planning treats the gated units as already removed (`removed=`), and when training ends `cut` removes
+them physically: widths first, then the gated layers, as `prune_model` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,27 +19,42 @@ from torch import nn
 
 from ..architecture.counting import layer_flops
 from ..architecture.gates import Gates
-from ..architecture.layouts import get_layout
+from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
+from ..importance.layers import hidden_input, hidden_output, with_hidden_output
 from ..planning.plan import PruningPlan
 from ..surgery.width import prune_model
 
 
 @dataclass
 class GateMasks:
-    """1 = kept, 0 = gated off: one list per layer for heads and for FFN neurons."""
+    """1 = kept, 0 = gated off: one list per layer for heads and for FFN neurons, one flag per whole layer."""
 
     heads: list[list[int]]
     neurons: list[list[int]]
+    layers: list[int] | None = None  # None (checkpoints without layer masks): every layer kept
+
+    def __post_init__(self):
+        if self.layers is None:
+            self.layers = [1] * len(self.heads)
 
     @classmethod
     def all_kept(cls, model: nn.Module) -> GateMasks:
         shapes = layer_shapes(model)
-        return cls([[1] * s.heads for s in shapes], [[1] * s.ffn for s in shapes])
+        return cls([[1] * s.heads for s in shapes], [[1] * s.ffn for s in shapes], [1] * len(shapes))
+
+    def alive(self) -> list[int]:
+        """Indices of the layers not gated off."""
+        return [i for i, keep in enumerate(self.layers) if keep]
+
+    def dead(self) -> list[int]:
+        """Indices of the gated-off layers (removed when `cut`)."""
+        return [i for i, keep in enumerate(self.layers) if not keep]
 
     def kept(self) -> tuple[int, int]:
-        """Heads and FFN neurons still kept, over all layers."""
-        return sum(map(sum, self.heads)), sum(map(sum, self.neurons))
+        """Heads and FFN neurons still kept, over the layers not gated off."""
+        alive = self.alive()
+        return sum(sum(self.heads[i]) for i in alive), sum(sum(self.neurons[i]) for i in alive)
 
     def removed(self) -> PruningPlan:
         """The gated-off units as a plan (what `plan_from_*(removed=...)` and `prune_model` take)."""
@@ -43,7 +63,9 @@ class GateMasks:
         return PruningPlan(heads, neurons)
 
     def remove(self, plan: PruningPlan) -> None:
-        """Gate off every unit of `plan` (units already gated stay gated)."""
+        """Gate off every unit and layer of `plan` (units already gated stay gated)."""
+        for layer in plan.layers:
+            self.layers[layer] = 0
         for masks, request in ((self.heads, plan.heads), (self.neurons, plan.neurons)):
             for layer, units in request.items():
                 for unit in units:
@@ -59,14 +81,44 @@ class GateMasks:
         """Layer FLOPs at `seq_len` of the model once the gated units are cut."""
         hidden, gated = model.config.hidden_size, get_layout(model).gate is not None
         total = 0
-        for s, head_mask, neuron_mask in zip(layer_shapes(model), self.heads, self.neurons):
+        for s, head_mask, neuron_mask, alive in zip(layer_shapes(model), self.heads, self.neurons, self.layers):
+            if not alive:
+                continue
             kept = sum(head_mask)
             kv = kept if s.kv_heads == s.heads else (s.kv_heads * kept // s.heads if s.heads else 0)
             total += layer_flops(hidden, kept, kv, s.head_dim, sum(neuron_mask), seq_len, gated)
         return total
 
     def cut(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Remove every gated-off unit physically (and slice `optimizer`'s state with it);
-        `model.config.hf_prune` records the shapes and the kept heads."""
-        removed = self.removed()
-        prune_model(model, heads=removed.heads, neurons=removed.neurons, optimizer=optimizer)
+        """Remove every gated-off unit and layer physically (and slice or drop `optimizer`'s state with them);
+        `model.config.hf_prune` records the shapes, the kept heads and the remaining layers."""
+        removed, dead = self.removed(), set(self.dead())
+        heads = {i: h for i, h in removed.heads.items() if i not in dead}
+        neurons = {i: n for i, n in removed.neurons.items() if i not in dead}
+        prune_model(model, heads=heads, neurons=neurons, layers=sorted(dead), optimizer=optimizer)
+
+
+@contextmanager
+def attach_layer_gates(model: nn.Module, masks: GateMasks) -> Iterator[None]:
+    """While the context lasts, every layer gated off in `masks` (read at each call) passes its input through.
+
+    output = input + 0 * (layer(input) - input): exactly the input, with the layer's parameters still in the
+    graph (zero gradients), and the layer's output structure (tensor or tuple) kept.
+    """
+    def make_hook(i: int):
+        def hook(module, args, kwargs, output):
+            if masks.layers[i]:
+                return None
+            inp, out = hidden_input(args, kwargs), hidden_output(output)
+            inp = inp.to(out.device, out.dtype)
+            return with_hidden_output(output, inp + (out - inp) * 0.0)
+        return hook
+
+    handles = []
+    try:
+        for i, layer in enumerate(get_layers(model)):
+            handles.append(layer.register_forward_hook(make_hook(i), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
