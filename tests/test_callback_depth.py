@@ -212,3 +212,9 @@ def test_two_process_ddp_gate_mode_removes_layers(tmp_path):
     assert ranks[0]["layers"] == ranks[1]["layers"]
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)
 
+
+
+@pytest.mark.parametrize("fields", [{"latency_reduction": 0.3}, {"flops_reduction": 0.3, "structure": "joint"}])
+def test_callback_refuses_budgets_planned_retrain_free(fields):
+    with pytest.raises(ValueError, match="planned retrain-free"):
+        HeadPruningCallback(PruningConfig(**fields))

@@ -337,3 +337,41 @@ def test_removing_every_layer_is_refused(deep_model_dir, data, tmp_path, capsys)
     args = base_args(deep_model_dir, *data["single"], tmp_path / "out") + ["--retrain_free", "--layer_sparsity", "0.9"]
     assert main(args) == 2
     assert "at least one must remain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", [["--flops_reduction", "0.5", "--structure", "joint"],
+                                    ["--flops_reduction", "0.4", "--structure", "depth", "--layer_importance", "loss"],
+                                    ["--latency_reduction", "0.3", "--structure", "joint"]])
+def test_budgets_that_choose_layers(budget, deep_model_dir, data, tmp_path):
+    out = tmp_path / "out"
+    args = base_args(deep_model_dir, *data["single"], out) + ["--retrain_free", "--importance", "fisher",
+                                                              "--latency_repeats", "2"] + budget
+    assert main(args) == 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    pruning = report["pruning"]
+    assert pruning["structure"] == budget[3] and pruning["config"]["structure"] == budget[3]
+    assert report["after"]["num_layers"] == 4 - len(pruning["removed_layers"])
+    if "--latency_reduction" in budget:  # planned on a table measured here; predicted latency within the budget
+        predicted = pruning["predicted_latency"]
+        assert predicted["after"] <= predicted["target"] <= 0.7 * predicted["before"] * (1 + 1e-9)
+        assert pruning["latency_table"]["mode"] == "forward" and pruning["latency_table"]["samples"]
+    else:
+        assert report["after"]["flops"] <= (1.0 - float(budget[1])) * report["before"]["flops"]
+    if budget[3] == "depth":
+        assert pruning["removed_layers"] and report["after"]["structure"]["heads_per_layer"] == [4] * (
+            4 - len(pruning["removed_layers"]))
+    model = load_pruned(out)
+    assert model.config.num_hidden_layers == report["after"]["num_layers"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--structure", "joint"], "give one of them"),
+    (["--flops_reduction", "0.3", "--structure", "joint", "--importance", "l2"], "importance='fisher'"),
+    (["--latency_reduction", "0.3"], "add --retrain_free"),
+    (["--flops_reduction", "0.3", "--structure", "depth", "--num_layers_to_remove", "1", "--retrain_free"],
+     "chooses the layers itself"),
+])
+def test_layer_budget_errors(extra, message, deep_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(base_args(deep_model_dir, *data["single"], out) + extra) == 2
+    assert message in capsys.readouterr().err and not out.exists()

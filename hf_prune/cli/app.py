@@ -134,15 +134,34 @@ def redirect_outputs(training_args) -> Outputs:
     return outputs
 
 
-def make_plan(scores, model, config: PruningConfig):
-    """The PruningPlan of a FLOPs budget (counted at flops_seq_len) or of head/FFN sparsities."""
-    from ..planning.budgets import plan_from_flops, plan_from_sparsity
+def make_plan(scores, model, config: PruningConfig, latency_table=None):
+    """The PruningPlan of a latency budget (with its measured table), a FLOPs budget (counted at flops_seq_len)
+    or head/FFN sparsities; `structure` lets the budgets remove whole layers."""
+    from ..planning.budgets import plan_from_flops, plan_from_latency, plan_from_sparsity
 
+    if config.latency_reduction is not None:
+        return plan_from_latency(scores, model, latency_table, 1.0 - config.latency_reduction,
+                                 structure=config.structure, **config.plan_constraints())
     if config.flops_reduction is not None:
         return plan_from_flops(scores, model, flops_reduction=config.flops_reduction, seq_len=config.flops_seq_len,
-                               **config.plan_constraints())
+                               structure=config.structure, **config.plan_constraints())
     return plan_from_sparsity(scores, config.head_sparsity, config.ffn_sparsity, scope=config.pruning_scope,
                               **config.plan_constraints())
+
+
+def latency_table(job: Job):
+    """The latency table a latency budget plans with: the model timed on this machine at a few widths (None
+    without latency_reduction). Mode auto: decode for causal LMs, forward otherwise."""
+    from ..deploy.latency_table import measure_latency_table
+
+    config, model = job.config, job.model
+    if config.latency_reduction is None:
+        return None
+    mode = config.latency_mode
+    if mode == "auto":
+        mode = "decode" if getattr(model, "can_generate", lambda: False)() else "forward"
+    return measure_latency_table(model, mode=mode, batch_size=job.cli.latency_batch_size,
+                                 seq_len=config.flops_seq_len, repeats=job.cli.latency_repeats)
 
 
 def drop_weakest_layers(model, calibration, config: PruningConfig) -> list[int]:
@@ -164,6 +183,15 @@ def drop_weakest_layers(model, calibration, config: PruningConfig) -> list[int]:
     original, _ = layer_history(model.config, n)
     drop_layers(model, drop)
     return [original[i] for i in drop]
+
+
+def removed_original_layers_of(model, layers: list[int]) -> list[int]:
+    """Original indices (config.hf_prune) of the model's current layers `layers`."""
+    from ..architecture.config_entry import layer_history
+    from ..architecture.layouts import get_layers
+
+    original, _ = layer_history(model.config, len(get_layers(model)))
+    return [original[i] for i in layers]
 
 
 def prune_retrain_free(job: Job) -> dict:
@@ -189,8 +217,10 @@ def prune_retrain_free(job: Job) -> dict:
         return {"mode": "retrain-free", "schedule": None, "reselected": False, "recovery": None, "config": config,
                 "removed_layers": removed_layers}
     scores = compute_importance(model, calibration, method=config.importance, label_free=config.label_free,
-                                seed=job.training.seed)
-    plan = make_plan(scores, model, config)
+                                seed=job.training.seed, layer_method=config.layer_method if config.plans_layers else None)
+    table = latency_table(job)
+    plan = make_plan(scores, model, config, table)
+    removed_layers += removed_original_layers_of(model, plan.layers)
     reselected = config.mask_tuning and config.reconstruct == "weights" and config.reselect
     if reselected:  # = tune_masks(..., "weights") on the re-chosen plan
         moments = calibration_moments(model, calibration)
@@ -204,7 +234,9 @@ def prune_retrain_free(job: Job) -> dict:
         prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
     return {"mode": "retrain-free", "schedule": None, "reselected": reselected,
             "recovery": config.reconstruct if config.mask_tuning else None, "config": config,
-            "removed_layers": removed_layers}
+            "removed_layers": sorted(removed_layers), "plan_budget": plan.metadata.get("budget"),
+            "predicted_latency": plan.metadata.get("latency"),
+            "latency_table": table.to_dict() if table is not None else None}
 
 
 def fine_tuning_schedule(config: PruningConfig, training_args, n_train: int) -> PruningConfig:
@@ -293,10 +325,13 @@ def measure(job: Job, dense, pruning: dict, before: tuple[dict, dict], after: tu
         "pruning": {"mode": pruning["mode"], "importance": config.importance, "head_sparsity": config.head_sparsity,
                     "ffn_sparsity": config.ffn_sparsity, "flops_reduction": config.flops_reduction,
                     "layer_sparsity": config.layer_sparsity, "num_layers_to_remove": config.num_layers_to_remove,
-                    "layer_importance": config.layer_importance if config.removes_layers else None,
+                    "latency_reduction": config.latency_reduction, "structure": config.structure,
+                    "layer_importance": (config.layer_method if config.removes_layers or config.plans_layers
+                                         else None),
                     "removed_layers": pruning.get("removed_layers", []),
                     "schedule": pruning["schedule"], "distill": cli.distill, "recovery": pruning["recovery"],
-                    "reselected": pruning["reselected"], "config": pruning["config"].to_dict()},
+                    "reselected": pruning["reselected"], "config": pruning["config"].to_dict(),
+                    "predicted_latency": pruning.get("predicted_latency"), "latency_table": pruning.get("latency_table")},
         "before": before,
         "after": after,
         "latency": {"batch_size": cli.latency_batch_size, "seq_len": seq_len, "repeats": cli.latency_repeats,

@@ -147,6 +147,9 @@ def check_args(model_args, data_args, config, cli_args, training_args) -> None:
     if not 0.0 <= cli_args.distill_alpha <= 1.0 or cli_args.distill_temperature <= 0:
         raise ValueError("--distill_alpha must be in [0, 1] and --distill_temperature positive, got "
                          f"{cli_args.distill_alpha} and {cli_args.distill_temperature}")
+    if (config.latency_reduction is not None or config.plans_layers) and not config.retrain_free:
+        raise ValueError("--latency_reduction and --structure depth/joint are planned retrain-free: add --retrain_free "
+                         "(while fine-tuning, remove layers with --num_layers_to_remove or --layer_sparsity)")
     if cli_args.latency_batch_size < 1 or cli_args.latency_repeats < 1:
         raise ValueError("--latency_batch_size and --latency_repeats must be >= 1")
     if model_args.base_model_id is not None:

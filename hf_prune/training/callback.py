@@ -92,6 +92,10 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
     def __init__(self, config: PruningConfig | dict | None = None, *, calibration_dataloader=None, seed: int = 0,
                  **keywords):
         self.config = callback_config(config, keywords)
+        if self.config.latency_reduction is not None or self.config.plans_layers:
+            raise ValueError("latency_reduction and structure='depth'/'joint' are planned retrain-free (command line "
+                             "--retrain_free, or plan_from_latency / plan_from_flops(structure=...) before training); "
+                             "the callback removes layers with layer_sparsity or num_layers_to_remove")
         self.schedule = Schedule.from_config(self.config)  # an iterative schedule without an end -> ValueError
         self.seq_len = self.config.flops_seq_len or DEFAULT_SEQ_LEN
         self.calibration_dataloader, self.seed = calibration_dataloader, seed

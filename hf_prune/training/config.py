@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..importance.estimators import GRADIENT_METHODS, METHODS
 from ..importance.layers import LAYER_METHODS
+from ..planning.budgets import STRUCTURES
 from ..serialization.json_file import JsonFile
 
 SCHEDULES = ("cubic", "linear")
@@ -21,6 +22,7 @@ SCOPES = ("global", "layer")
 GQA_MODES = ("per_group", "groups")
 RECONSTRUCT = ("weights", "scales")
 COMPACT = ("auto", "always", "never")
+LATENCY_MODES = ("auto", "forward", "decode")
 
 
 def _help(text: str, **extra) -> dict:
@@ -45,6 +47,20 @@ class PruningConfig(JsonFile):
         "one layer remains. Width targets then apply to the remaining layers"))
     num_layers_to_remove: int = field(default=0, metadata=_help(
         "number of the dense model's transformer layers to remove whole (instead of layer_sparsity)"))
+    latency_reduction: float | None = field(default=None, metadata=_help(
+        "command line --retrain_free: fraction of the dense model's latency to remove, in [0, 1), measured on this "
+        "machine (a latency table of the model at a few widths, --latency_mode) and planned to by predicted latency. "
+        "Give this, flops_reduction or head_sparsity/ffn_sparsity"))
+    latency_mode: str = field(default="auto", metadata=_help(
+        "what latency_reduction times (command line: at --latency_batch_size sequences): decode (one new token per "
+        "sequence with a KV cache of flops_seq_len tokens), forward (one pass over flops_seq_len tokens), or auto "
+        "(decode for causal LMs, forward otherwise)",
+        choices=list(LATENCY_MODES)))
+    structure: str = field(default="width", metadata=_help(
+        "command line --retrain_free: how a flops_reduction or latency_reduction budget is met: heads and FFN "
+        "neurons (width), whole layers (depth, lowest layer_importance first) or both (joint: layers and units "
+        "compared on one loss scale, so it needs --importance fisher; layers are scored with fisher)",
+        choices=list(STRUCTURES)))
     unstructured_sparsity: float = field(default=0.0, metadata=_help(
         "also zero this fraction of the attention/FFN projection weights by magnitude (unstructured), in [0, 1)"))
     unstructured_scope: str = field(default="global", metadata=_help(
@@ -112,19 +128,23 @@ class PruningConfig(JsonFile):
 
     def validate(self) -> None:
         """One ValueError naming the first bad field and what it accepts."""
-        for name in ("head_sparsity", "ffn_sparsity", "unstructured_sparsity", "flops_reduction"):
+        for name in ("head_sparsity", "ffn_sparsity", "unstructured_sparsity", "flops_reduction", "latency_reduction"):
             value = getattr(self, name)
-            if value is None and name == "flops_reduction":
+            if value is None and name in ("flops_reduction", "latency_reduction"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
         if self.flops_reduction is not None and (self.head_sparsity or self.ffn_sparsity):
             raise ValueError("give flops_reduction or head_sparsity/ffn_sparsity, not both")
+        if self.latency_reduction is not None and (self.head_sparsity or self.ffn_sparsity
+                                                   or self.flops_reduction is not None):
+            raise ValueError("give latency_reduction, flops_reduction or head_sparsity/ffn_sparsity, only one")
         self._validate_layers()
+        self._validate_structure()
         for name, allowed in (("importance", METHODS), ("layer_importance", LAYER_METHODS),
                               ("pruning_schedule", SCHEDULES), ("pruning_scope", SCOPES),
                               ("unstructured_scope", SCOPES), ("gqa", GQA_MODES), ("reconstruct", RECONSTRUCT),
-                              ("compact", COMPACT)):
+                              ("compact", COMPACT), ("latency_mode", LATENCY_MODES), ("structure", STRUCTURES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name, low in (("min_heads_per_layer", 0), ("min_neurons_per_layer", 0), ("head_multiple", 1),
@@ -150,7 +170,31 @@ class PruningConfig(JsonFile):
         if value and count:
             raise ValueError("give layer_sparsity or num_layers_to_remove, not both")
 
+    def _validate_structure(self) -> None:
+        if self.structure not in STRUCTURES or self.structure == "width":
+            return  # an unknown value is reported with the other choices
+        budget = self.flops_reduction is not None or self.latency_reduction is not None
+        if not budget:
+            raise ValueError(f"structure={self.structure!r} chooses layers to meet a flops_reduction or "
+                             "latency_reduction budget: give one of them")
+        if self.removes_layers:
+            raise ValueError(f"structure={self.structure!r} chooses the layers itself: drop layer_sparsity / "
+                             "num_layers_to_remove, or use structure='width' with them")
+        if self.structure == "joint" and self.importance != "fisher":
+            raise ValueError("structure='joint' weighs layers against heads and neurons on one loss scale: use "
+                             f"importance='fisher' (got {self.importance!r})")
+
     # ------------------------------------------------------------------ what the run does
+
+    @property
+    def plans_layers(self) -> bool:
+        """Does the budget's planner choose whole layers (structure depth or joint)?"""
+        return self.structure != "width"
+
+    @property
+    def layer_method(self) -> str:
+        """The layer importance the run uses: fisher for joint plans (the units' scale), else layer_importance."""
+        return "fisher" if self.structure == "joint" else self.layer_importance
 
     @property
     def removes_layers(self) -> bool:
@@ -168,12 +212,13 @@ class PruningConfig(JsonFile):
     @property
     def structured(self) -> bool:
         """Are heads, FFN neurons or whole layers removed (or only individual weights)?"""
-        return bool(self.head_sparsity or self.ffn_sparsity or self.flops_reduction is not None or self.removes_layers)
+        return self.prunes_widths or self.removes_layers
 
     @property
     def prunes_widths(self) -> bool:
-        """Are heads or FFN neurons removed?"""
-        return bool(self.head_sparsity or self.ffn_sparsity or self.flops_reduction is not None)
+        """Are heads or FFN neurons removed (or layers chosen by a budget's planner)?"""
+        return bool(self.head_sparsity or self.ffn_sparsity or self.flops_reduction is not None
+                    or self.latency_reduction is not None)
 
     @property
     def from_training_gradients(self) -> bool:
