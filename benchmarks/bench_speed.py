@@ -25,7 +25,6 @@ import copy
 import datetime
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ from hf_prune.serialization.atomic import atomic_write_json
 from hf_prune.surgery.width import prune_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import OtherLoad, command_line  # noqa: E402  (benchmarks/provenance.py)
+from provenance import OtherLoad, command_line, wait_for_quiet  # noqa: E402  (benchmarks/provenance.py)
 from provenance import machine_info as provenance_machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
@@ -77,16 +76,6 @@ def whole_forward_flops(model: BertModel, batch_size: int, seq_len: int) -> int:
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
     return counter.get_total_flops()
-
-
-def wait_for_quiet(timeout_s: float, max_cores: float = 0.25) -> float | None:
-    """Wait (up to `timeout_s`) until other processes use under `max_cores` over one second; the last load seen."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with OtherLoad() as load:
-            time.sleep(1.0)
-        if load.cores is None or load.cores < max_cores or time.monotonic() >= deadline:
-            return load.cores
 
 
 def machine_info(threads: int) -> dict:

@@ -308,7 +308,100 @@ def perplexity_full_test() -> str:
     return table(["method", "params removed", "test tokens", "dense", "pruned"], body)
 
 
+def depth_setup() -> str:
+    """benchmarks/results/depth.json (bench_depth.py): how it was recorded."""
+    d = load("depth.json")
+    dense = d["dense"]
+    loads = [r["other_load_cores"] for r in d["rows"] if r.get("other_load_cores") is not None]
+    text = (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}). Dense: perplexity "
+            f"{dense['perplexity']:.2f}, decode {dense['decode_ms_per_token']:.1f} ms/token, prefill "
+            f"{dense['prefill_ms']:.0f} ms.")
+    if loads:
+        text += f" Other processes used {load_text(max(loads))} during the timing."
+    return text + "\n"
+
+
+def _depth_name(r: dict) -> str:
+    if r["family"] == "depth":
+        return f"depth: {r['method']}"
+    return {"width": "width (fisher, reselect, weight recovery)", "joint": "joint (plan_from_params)",
+            "joint-latency": "joint (plan_from_latency)"}.get(r["family"], r["family"])
+
+
+def depth_table() -> str:
+    """benchmarks/results/depth.json (bench_depth.py): perplexity and measured speed of every family of plans."""
+    d = load("depth.json")
+    dense = d["dense"]["perplexity"]
+    body = []
+    for r in sorted(d["rows"], key=lambda r: (r["family"] == "joint-latency", r["budget"] if r["family"] != "joint-latency"
+                                              else 1 - r["budget"], r["family"] != "width", r["perplexity"])):
+        budget = (f"{r['budget']:.0%} of latency" if r["family"] == "joint-latency" else f"-{r['budget']:.0%} params")
+        ppl = f"{r['perplexity']:.1f}" + (f" ± {r['perplexity_sd']:.1f}" if r["runs"] > 1 else "")
+        speed = (f"×{r['decode_speedup']:.3f} (ideal ×{r['decode_ideal_speedup']:.3f}, share "
+                 f"{r['decode_share_of_ideal']:.2f})" if "decode_speedup" in r else "–")
+        prefill = f"×{r['prefill_speedup']:.3f}" if "prefill_speedup" in r else "–"
+        body.append([budget, _depth_name(r), f"{ppl} (×{r['perplexity'] / dense:.2f}, n={r['runs']})",
+                     f"{r['params_removed_actual']:.3f}", str(len(r["layers_removed"])), speed, prefill])
+    return table(["budget", "plan", f"perplexity (dense {dense:.2f})", "params removed", "layers removed",
+                  "decode speedup (1 x 128 tokens)", "prefill speedup (1 x 512)"], body)
+
+
+def depth_targets() -> str:
+    """benchmarks/results/depth.json (bench_depth.py): the issue's targets, as the benchmark judged them."""
+    d = load("depth.json")
+    body, seen = [], set()
+    for t in d["targets"]:
+        if t["target"].startswith("depth-only"):  # every depth method at a budget has the same shape and timing
+            budget = t["cell"].rsplit(" ", 1)[-1]
+            if (budget, t["value"]) in seen:
+                continue
+            seen.add((budget, t["value"]))
+            t = {**t, "cell": f"depth-only, every layer score, {budget}"}
+        value = f"{t['value']:+.1%}" if "within" in t["target"] else f"{t['value']:.3g}"
+        if t.get("frontier_perplexity") is not None:
+            value += f" vs {t['frontier_perplexity']:.3g} ({t.get('how', '')})"
+        body.append([t["target"], t["cell"], value, f"**{t['verdict']}**" if t["verdict"].startswith("MISS")
+                     else t["verdict"]])
+    return table(["target", "cell", "measured", "verdict"], body)
+
+
+def depth_minilm() -> str:
+    """benchmarks/results/depth_minilm.json (bench_depth_minilm.py): width vs depth vs joint on MiniLM."""
+    d = load("depth_minilm.json")
+    dense = d["dense"]["accuracy"]
+    text = (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}); dense accuracy "
+            f"{dense:.3f}, batch-1 forward {d['dense']['forward_ms']:.1f} ms.\n\n")
+    body = []
+    for r in sorted(d["rows"], key=lambda r: (r["mode"] != "retrain-free", r["flops_reduction"], -r["accuracy"])):
+        name = r["family"] if r["family"] != "depth" else f"depth: {r['method']}"
+        acc = f"{r['accuracy']:.3f}" + (f" ± {r['accuracy_sd']:.3f}" if r["runs"] > 1 else "")
+        speed = f"×{r['speedup']:.2f} (FLOPs ×{r['ideal_speedup']:.2f})" if "speedup" in r else "–"
+        body.append([r["mode"], f"-{r['flops_reduction']:.0%}", name, f"{acc} ({r['delta_points']:+.1f} pt, n={r['runs']})",
+                     str(len(r["layers_removed"])), speed])
+    return text + table(["mode", "layer FLOPs", "plan", "accuracy", "layers removed", "batch-1 speedup"], body)
+
+
 # ----------------------------------------------------------------------------------------------- README
+
+
+def depth_summary_rows() -> list[list[str]]:
+    """README rows from benchmarks/results/depth.json: width vs depth at 20% on SmolLM2, and the latency planner."""
+    d = load("depth.json")
+    rows, dense = d["rows"], d["dense"]["perplexity"]
+    width = find(rows, family="width", budget=0.2)
+    depth = min((r for r in rows if r["family"] == "depth" and r["budget"] == 0.2), key=lambda r: r["perplexity"])
+    planner = [t for t in d["targets"] if "within" in t["target"]]
+    passed = sum(t["verdict"] == "PASS" for t in planner)
+    errors = ", ".join(format(t["value"], "+.1%") for t in planner)
+    return [
+        ["SmolLM2-135M, 20% of layer parameters removed, retrain-free: width vs 6 whole layers (best layer score)",
+         f"perplexity x{width['perplexity'] / dense:.2f} vs x{depth['perplexity'] / dense:.2f} ({depth['method']}); "
+         f"decode (batch 1) x{width['decode_speedup']:.2f} vs x{depth['decode_speedup']:.2f} faster",
+         "`depth.json`"],
+        ["latency planner (`plan_from_latency` on a measured table), decode at batch 1",
+         f"within 5% of the requested latency at {passed} of {len(planner)} targets "
+         f"({errors})", "`depth.json`"],
+    ]
 
 
 def readme_summary() -> str:
@@ -390,6 +483,7 @@ def readme_summary() -> str:
          "`demo.json`"],
         ["gradient scoring cost", f"{overhead['gradient_ratio']:.2f}x one forward + backward pass",
          "`importance_overhead.json`"],
+        *depth_summary_rows(),
     ]
     return table(["what", "result", "data (`benchmarks/results/`)"], rows, [" --- ", " --- ", " --- "])
 
@@ -409,11 +503,16 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "speed-models": speed_models,
     "peers-minilm": peers_minilm,
     "results-at-a-glance": readme_summary,
+    "depth-setup": depth_setup,
+    "depth": depth_table,
+    "depth-targets": depth_targets,
+    "depth-minilm": depth_minilm,
 }
 
 FILES: dict[Path, tuple[str, ...]] = {
     RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
-                 "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm"),
+                 "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
+                 "depth-setup", "depth", "depth-targets", "depth-minilm"),
     README_MD: ("results-at-a-glance",),
 }
 

@@ -126,3 +126,13 @@ class OtherLoad:
         busy = sum(ticks[i] for i in (0, 1, 2, 5, 6, 7) if i < len(ticks)) / os.sysconf("SC_CLK_TCK")
         own = os.times()
         return busy, own.user + own.system + own.children_user + own.children_system, time.perf_counter()
+
+
+def wait_for_quiet(timeout_s: float, max_cores: float = 0.25) -> float | None:
+    """Wait (up to `timeout_s`) until other processes use under `max_cores` over one second; the last load seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with OtherLoad() as load:
+            time.sleep(1.0)
+        if load.cores is None or load.cores < max_cores or time.monotonic() >= deadline:
+            return load.cores
