@@ -195,8 +195,9 @@ def removed_original_layers_of(model, layers: list[int]) -> list[int]:
 
 
 def prune_retrain_free(job: Job) -> dict:
-    """Drop the weakest layers, then score the widths of the remaining ones on calibration data, plan, recover by
-    least squares (or just cut), then unstructured zeros.
+    """Drop the weakest layers, then score the widths of the remaining ones on calibration data, plan (a budget
+    with --structure depth/joint may choose more layers), recover by least squares (or just cut), then
+    unstructured zeros.
 
     Layers go first, so width scores, the plan and the recovery statistics all see the model as it will be:
     recovery re-fits the remaining layers' kept units to the outputs those layers had (dense widths) after the
@@ -234,8 +235,7 @@ def prune_retrain_free(job: Job) -> dict:
         prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
     return {"mode": "retrain-free", "schedule": None, "reselected": reselected,
             "recovery": config.reconstruct if config.mask_tuning else None, "config": config,
-            "removed_layers": sorted(removed_layers), "plan_budget": plan.metadata.get("budget"),
-            "predicted_latency": plan.metadata.get("latency"),
+            "removed_layers": sorted(removed_layers), "predicted_latency": plan.metadata.get("latency"),
             "latency_table": table.to_dict() if table is not None else None}
 
 
