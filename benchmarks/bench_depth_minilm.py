@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 from batching import batches, eval_batches  # noqa: E402
 from bench_accuracy import SEQ_LEN, accuracy, dense_model, tokenize  # noqa: E402
-from bench_depth import recover  # noqa: E402  (reselect + weight recovery of the widths, then drop_layers)
+from bench_depth import recover, shape_key  # noqa: E402  (recover: reselect + weight recovery, then drop_layers)
 from provenance import OtherLoad, command_line, machine_info, minilm_label, now_utc, wait_for_quiet  # noqa: E402
 
 from hf_prune import (  # noqa: E402
@@ -72,11 +72,6 @@ from hf_prune_assets import minilm_dir, movie_reviews  # noqa: E402
 
 REDUCTIONS = (1 / 3, 1 / 2)
 DEPTH_METHODS = ("fisher", "block_influence")
-
-
-def shape_key(model) -> str:
-    shapes = layer_shapes(model)
-    return json.dumps({"heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes]}, separators=(",", ":"))
 
 
 def depth_drop(dense, calib, method: str, k: int) -> list[int]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
-from ..surgery.depth import validate_layers
+from ..surgery.depth import validate_layer_request
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
 
 
@@ -28,14 +28,7 @@ def removed_layers(plan, model: nn.Module) -> list[int]:
     ValueError for indices `drop_layers` refuses, and for a plan that lists heads or neurons of a layer it
     also removes (as `prune_model` refuses them).
     """
-    removed = validate_layers(plan.layers, len(get_layers(model)))
-    both = sorted(set(removed) & (set(plan.heads) | set(plan.neurons)))
-    if both:
-        raise ValueError(
-            f"layer(s) {both} are removed by the plan's `layers` and also listed in its `heads` or `neurons`: "
-            f"list each layer in one of them only"
-        )
-    return removed
+    return validate_layer_request(plan.layers, len(get_layers(model)), set(plan.heads) | set(plan.neurons))
 
 
 def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,

@@ -59,6 +59,19 @@ def validate_layers(layers, n_layers: int) -> list[int]:
     return sorted(indices)
 
 
+def validate_layer_request(layers, n_layers: int, width_layers: Iterable[int]) -> list[int]:
+    """`validate_layers`, and ValueError when a removed layer is also among `width_layers` (those whose heads or
+    neurons the same request cuts): each layer is either removed or narrowed, never both."""
+    remove = validate_layers(layers, n_layers)
+    both = sorted(set(remove) & set(width_layers))
+    if both:
+        raise ValueError(
+            f"layer(s) {both} are removed by `layers` and also listed in `heads` or `neurons`: "
+            f"list each layer in one of them only"
+        )
+    return remove
+
+
 def _slice_config(config, layout: Layout, keep: list[int], n_layers: int) -> None:
     """Layer count, per-layer lists and Qwen-style `max_window_layers` follow the kept layers."""
     for key in PER_LAYER_CONFIG_KEYS:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..architecture.config_entry import write_config_entry
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import LayerShape, layer_shape, layer_shapes
-from .depth import as_layer_index, drop_layers, validate_layers
+from .depth import as_layer_index, drop_layers, validate_layer_request
 
 # ----------------------------------------------------------------------------- weight slicing
 
@@ -251,13 +251,7 @@ def prune_model(
     layout = get_layout(model)
     cuts = plan_cuts(model, heads, neurons)
     layers_module = get_layers(model, layout)
-    remove = validate_layers(layers, len(layers_module))
-    both = sorted(set(remove) & set(cuts))
-    if both:
-        raise ValueError(
-            f"layer(s) {both} are removed by `layers` and also listed in `heads` or `neurons`: "
-            f"list each layer in one of them only"
-        )
+    remove = validate_layer_request(layers, len(layers_module), cuts)
     state = optimizer.state if optimizer is not None else None
     kept = _original_heads(model)
     for idx, (keep_heads, keep_kv, keep_neurons) in cuts.items():

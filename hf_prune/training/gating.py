@@ -21,7 +21,7 @@ from ..architecture.counting import layer_flops
 from ..architecture.gates import Gates
 from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
-from ..importance.layers import hidden_input, hidden_output, with_hidden_output
+from ..importance.layers import hidden_input, hidden_output, layer_hooks, with_hidden_output
 from ..planning.plan import PruningPlan
 from ..surgery.width import prune_model
 
@@ -114,11 +114,5 @@ def attach_layer_gates(model: nn.Module, masks: GateMasks) -> Iterator[None]:
             return with_hidden_output(output, inp + (out - inp) * 0.0)
         return hook
 
-    handles = []
-    try:
-        for i, layer in enumerate(get_layers(model)):
-            handles.append(layer.register_forward_hook(make_hook(i), with_kwargs=True))
+    with layer_hooks(get_layers(model), make_hook):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
