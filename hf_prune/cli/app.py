@@ -136,7 +136,8 @@ def redirect_outputs(training_args) -> Outputs:
 
 def make_plan(scores, model, config: PruningConfig, latency_table=None):
     """The PruningPlan of a latency budget (with its measured table), a FLOPs budget (counted at flops_seq_len)
-    or head/FFN sparsities; `structure` lets the budgets remove whole layers."""
+    or head/FFN sparsities; `structure` lets the budgets remove whole layers, `uniform` (in plan_constraints)
+    keeps every remaining layer at the same widths."""
     from ..planning.budgets import plan_from_flops, plan_from_latency, plan_from_sparsity
 
     if config.latency_reduction is not None:

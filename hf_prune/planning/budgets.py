@@ -44,6 +44,21 @@ layer saves), with ``removed`` counted as gone. ``structure`` picks what may go:
 At least one layer always remains. Head, neuron and layer scores are compared directly, so use a
 gradient-based method that puts them on the same loss scale (``compute_importance(..., method="fisher",
 layer_method="fisher")``).
+
+Uniform plans. ``uniform=True`` (every planner) makes every remaining layer keep the same number of query
+heads, of key/value heads (with GQA: the same count per group) and of FFN neurons, which plain transformers
+configs, vLLM, TGI and llama.cpp can express; each layer still keeps its own top-scored units. The search
+runs over the widths every layer's ladder reaches (`hf_prune.planning.uniform`), so with uniform widths a
+budget is met at the first uniform step at or past it:
+- sparsity: the widest uniform width that removes at least N units (``scope="global"``: N over all units,
+  the same count kept per layer; ``scope="layer"``: N per layer, which needs equal scored widths in every
+  layer); never fewer than N, unlike the non-uniform rule;
+- ``"width"``: for every uniform head width, the widest uniform FFN width that fits the target; of those
+  pairs the least total removed score wins (ties: more heads kept);
+- ``"depth"``: the fewest lowest-scored layers that fit and leave equal widths (widths are not changed);
+- ``"joint"``: for every k layers removed, the uniform width search on the others; least total score wins.
+A ``removed`` plan that left unequal widths is a starting point: every layer narrows to a common width it
+reaches, never re-adding units; ValueError where no such width exists.
 """
 
 from __future__ import annotations
@@ -62,6 +77,7 @@ from ..architecture.shapes import layer_shapes
 from ..importance.scores import ImportanceScores
 from .costs import CostModel, FlopsCost, LatencyCost, ParamsCost
 from .plan import PruningPlan
+from .uniform import check_reachable, is_uniform, search_cost, select_count
 
 # ----------------------------------------------------------------------------- ladders of chunks
 
@@ -228,6 +244,12 @@ def _present(scores: ImportanceScores, removed: PruningPlan | None, min_heads: i
     return _Present(heads, kv_heads, neurons, [sorted(s) for s in gone_heads], [sorted(s) for s in gone_neurons])
 
 
+def _starts(present: _Present) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Every layer's current (heads, kv heads) and (neurons, 0): where its ladders start."""
+    return ([(len(h), kv) for h, kv in zip(present.heads, present.kv_heads)],
+            [(len(f), 0) for f in present.neurons])
+
+
 def _remap(chunks: list[_Chunk], alive: list[int]) -> list[_Chunk]:
     """Chunks built over the remaining units, with their units mapped back to indices into the scores."""
     return [replace(c, units=tuple(alive[u] for u in c.units)) for c in chunks]
@@ -236,7 +258,10 @@ def _remap(chunks: list[_Chunk], alive: list[int]) -> list[_Chunk]:
 # ----------------------------------------------------------------------------- budgets
 
 
-def _check_common(scope: str, gqa: str, min_heads: int, min_neurons: int, head_multiple: int, neuron_multiple: int):
+def _check_common(scope: str, gqa: str, min_heads: int, min_neurons: int, head_multiple: int, neuron_multiple: int,
+                  uniform: bool = False):
+    if not isinstance(uniform, bool):
+        raise ValueError(f"uniform must be True or False, got {uniform!r}")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if gqa not in ("per_group", "groups"):
@@ -292,6 +317,24 @@ def _select(ladders: list[list[_Chunk]], sizes: list[int], gone: list[int], spar
     return taken
 
 
+def _select_uniform(head_ladders, neuron_ladders, present: _Present, shapes: dict, sparsities: tuple[float, float],
+                    scope: str) -> tuple[list[_Chunk], list[_Chunk]]:
+    """Head and neuron chunks of the widest uniform widths that reach the sparsities (module docstring)."""
+    head_starts, neuron_starts = _starts(present)
+    check_reachable(head_ladders, neuron_ladders, head_starts, neuron_starts)
+    out = []
+    for ladders, starts, sizes, gone, sparsity, what in (
+        (head_ladders, head_starts, shapes["heads"], present.gone_heads, sparsities[0], "heads"),
+        (neuron_ladders, neuron_starts, shapes["ffn"], present.gone_neurons, sparsities[1], "FFN neurons"),
+    ):
+        if scope == "layer" and len(set(sizes)) > 1:
+            raise ValueError(f"uniform=True with scope='layer' removes a fraction of each layer's own width, but the "
+                             f"layers have {what} widths {sorted(set(sizes))}: use scope='global'")
+        count = _count(sparsity, sizes[0]) * len(sizes) if scope == "layer" else _count(sparsity, sum(sizes))
+        out.append(select_count(ladders, starts, sum(map(len, gone)), count, what))
+    return out[0], out[1]
+
+
 def plan_from_sparsity(
     scores: ImportanceScores,
     head_sparsity: float = 0.0,
@@ -304,6 +347,7 @@ def plan_from_sparsity(
     neuron_multiple: int = 1,
     gqa: str = "per_group",
     removed: PruningPlan | None = None,
+    uniform: bool = False,
 ) -> PruningPlan:
     """Remove the lowest-scoring fraction `head_sparsity` of heads and `ffn_sparsity` of FFN neurons (each in [0, 1)).
 
@@ -311,22 +355,30 @@ def plan_from_sparsity(
     min_heads / min_neurons: kept per layer at least (0 allowed). head_multiple / neuron_multiple: kept
     widths rounded to multiples. gqa: "per_group" or "groups". removed: units already gone, in the scores'
     coordinates; they count toward the sparsity and are part of the plan (see the module docstring).
+    uniform: every layer keeps the same number of heads (and key/value heads) and of neurons; the sparsity is
+    then met at the first uniform width at or past it (module docstring).
     """
     for name, value in (("head_sparsity", head_sparsity), ("ffn_sparsity", ffn_sparsity)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
-    _check_common(scope, gqa, min_heads, min_neurons, head_multiple, neuron_multiple)
+    _check_common(scope, gqa, min_heads, min_neurons, head_multiple, neuron_multiple, uniform)
     present = _present(scores, removed, min_heads, min_neurons, head_multiple, neuron_multiple)
     head_ladders, neuron_ladders = _ladders(scores, present, min_heads, min_neurons, head_multiple, neuron_multiple, gqa)
     shapes = _shapes_meta(scores)
-    heads = _select(head_ladders, shapes["heads"], [len(g) for g in present.gone_heads], head_sparsity, scope, "heads")
-    neurons = _select(neuron_ladders, shapes["ffn"], [len(g) for g in present.gone_neurons], ffn_sparsity, scope,
-                      "FFN neurons")
+    if uniform:
+        heads, neurons = _select_uniform(head_ladders, neuron_ladders, present, shapes, (head_sparsity, ffn_sparsity),
+                                         scope)
+    else:
+        heads = _select(head_ladders, shapes["heads"], [len(g) for g in present.gone_heads], head_sparsity, scope,
+                        "heads")
+        neurons = _select(neuron_ladders, shapes["ffn"], [len(g) for g in present.gone_neurons], ffn_sparsity, scope,
+                          "FFN neurons")
     metadata = {
         "method": scores.method,
         "budget": {"kind": "sparsity", "head_sparsity": head_sparsity, "ffn_sparsity": ffn_sparsity, "scope": scope,
                    "min_heads": min_heads, "min_neurons": min_neurons, "head_multiple": head_multiple,
-                   "neuron_multiple": neuron_multiple, "gqa": gqa, "removed": _removed_counts(present)},
+                   "neuron_multiple": neuron_multiple, "gqa": gqa, "uniform": uniform,
+                   "removed": _removed_counts(present)},
         "shapes": shapes,
     }
     return PruningPlan(_as_request(heads, present.gone_heads), _as_request(neurons, present.gone_neurons), metadata)
@@ -395,27 +447,38 @@ class _Found:
     saved: float  # cost saved by all of them, on top of `removed`
 
 
+def _width_search(head_ladders, neuron_ladders, counter: CostModel, present: _Present, keep: list[int], need: float,
+                  uniform: bool):
+    """(head chunks, neuron chunks, cost saved) over the layers `keep`, uniform or not, or None."""
+    if uniform:
+        head_starts, neuron_starts = _starts(present)
+        return search_cost(head_ladders, neuron_ladders, head_starts, neuron_starts, keep, counter, need)
+    keep = set(keep)
+    return _joint_search([ladder if i in keep else [] for i, ladder in enumerate(head_ladders)],
+                         [ladder if i in keep else [] for i, ladder in enumerate(neuron_ladders)], counter, need)
+
+
 def _search(structure: str, head_ladders, neuron_ladders, counter: CostModel, present: _Present,
-            layer_scores: list[float] | None, need: float) -> _Found | None:
+            layer_scores: list[float] | None, need: float, uniform: bool = False) -> _Found | None:
     """Whole layers and/or head and neuron chunks that save at least `need` (rule in the module docstring)."""
-    if structure == "width":
-        found = _joint_search(head_ladders, neuron_ladders, counter, need)
-        return None if found is None else _Found([], *found)
     n = len(present.heads)
+    if structure == "width":
+        found = _width_search(head_ladders, neuron_ladders, counter, present, list(range(n)), need, uniform)
+        return None if found is None else _Found([], *found)
     order = sorted(range(n), key=lambda i: (layer_scores[i], i))  # least important layer first
     best = None
     for k in range(n):  # k layers removed; at least one remains
         drop = order[:k]
         dropped = sum(counter.layer_saving(i, len(present.heads[i]), present.kv_heads[i], len(present.neurons[i]))
                       for i in drop)
+        gone = set(drop)
+        keep = [i for i in range(n) if i not in gone]
         if structure == "depth":
-            if dropped >= need:
+            even = not uniform or all(is_uniform(starts, keep) for starts in _starts(present))
+            if dropped >= need and even:
                 return _Found(sorted(drop), [], [], dropped)
             continue
-        gone = set(drop)
-        found = _joint_search([[] if i in gone else ladder for i, ladder in enumerate(head_ladders)],
-                              [[] if i in gone else ladder for i, ladder in enumerate(neuron_ladders)],
-                              counter, need - dropped)
+        found = _width_search(head_ladders, neuron_ladders, counter, present, keep, need - dropped, uniform)
         if found is None:
             continue
         heads, neurons, saved = found
@@ -463,10 +526,11 @@ class _Constraints:
     head_multiple: int
     neuron_multiple: int
     gqa: str
+    uniform: bool = False
 
     def as_dict(self) -> dict:
         return {"min_heads": self.min_heads, "min_neurons": self.min_neurons, "head_multiple": self.head_multiple,
-                "neuron_multiple": self.neuron_multiple, "gqa": self.gqa}
+                "neuron_multiple": self.neuron_multiple, "gqa": self.gqa, "uniform": self.uniform}
 
 
 def _budget_plan(scores: ImportanceScores, counter: CostModel, present: _Present, c: _Constraints, structure: str,
@@ -476,10 +540,15 @@ def _budget_plan(scores: ImportanceScores, counter: CostModel, present: _Present
     left = base + _totals_left(counter, present)
     head_ladders, neuron_ladders = _ladders(scores, present, c.min_heads, c.min_neurons, c.head_multiple,
                                             c.neuron_multiple, c.gqa)
-    found = _search(structure, head_ladders, neuron_ladders, counter, present, layer_scores, left - target)
+    if c.uniform and structure != "depth":
+        check_reachable(head_ladders, neuron_ladders, *_starts(present))
+    found = _search(structure, head_ladders, neuron_ladders, counter, present, layer_scores, left - target, c.uniform)
     if found is None:
         what = "the constraints (minimum kept, multiples, GQA)" + ("" if structure == "width" else
                                                                   " and keeping at least one layer")
+        if c.uniform:
+            what += " with uniform widths" + (" (depth removes whole layers only: the layers it keeps must already "
+                                              "have equal widths; use structure='joint')" if structure == "depth" else "")
         raise ValueError(f"cannot reach {target:.4g} {unit} (dense {dense:.4g}) under {what}")
     gone = set(found.layers)
     already_heads = [[] if i in gone else g for i, g in enumerate(present.gone_heads)]
@@ -494,13 +563,14 @@ def _budget_plan(scores: ImportanceScores, counter: CostModel, present: _Present
                        layers=found.layers)
 
 
-def _prepare(scores, model, structure, min_heads, min_neurons, head_multiple, neuron_multiple, gqa, removed):
+def _prepare(scores, model, structure, min_heads, min_neurons, head_multiple, neuron_multiple, gqa, removed,
+             uniform=False):
     """Validated constraints, what `removed` leaves, and the layer scores the structure needs."""
-    _check_common("global", gqa, min_heads, min_neurons, head_multiple, neuron_multiple)
+    _check_common("global", gqa, min_heads, min_neurons, head_multiple, neuron_multiple, uniform)
     layer_scores = _check_structure(structure, scores)
     present = _present(scores, removed, min_heads, min_neurons, head_multiple, neuron_multiple)
     _check_model_widths(scores, model)
-    return _Constraints(min_heads, min_neurons, head_multiple, neuron_multiple, gqa), present, layer_scores
+    return _Constraints(min_heads, min_neurons, head_multiple, neuron_multiple, gqa, uniform), present, layer_scores
 
 
 def _flops_budget(flops_fraction: float | None, flops_reduction: float | None,
@@ -537,6 +607,7 @@ def plan_from_flops(
     neuron_multiple: int = 1,
     gqa: str = "per_group",
     removed: PruningPlan | None = None,
+    uniform: bool = False,
 ) -> PruningPlan:
     """Remove heads and neurons (and, with `structure`, whole layers) until the layers' FLOPs at `seq_len` fit.
 
@@ -544,14 +615,16 @@ def plan_from_flops(
     (hf_prune.count_flops) to remove; an absolute `max_flops` (one sequence of `seq_len` tokens);
     `flops_fraction` (deprecated: the fraction kept, use flops_reduction=1 - x). structure: "width" (heads and
     neurons), "depth" (whole layers, needs scores.layers) or "joint" (all three). removed: units already gone,
-    in the scores' coordinates, counted as gone and part of the plan. Search rule in the module docstring.
+    in the scores' coordinates, counted as gone and part of the plan. uniform: every remaining layer keeps the
+    same heads, key/value heads and FFN width (met at the first uniform step at or past the budget). Search
+    rules in the module docstring.
     """
     if flops_fraction is not None:
         warnings.warn("plan_from_flops(flops_fraction=x) is deprecated (x is the fraction kept): pass "
                       "flops_reduction=1 - x, the fraction of FLOPs removed", FutureWarning, stacklevel=2)
     kept, reduction = _flops_budget(flops_fraction, flops_reduction, max_flops)
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
-                                        neuron_multiple, gqa, removed)
+                                        neuron_multiple, gqa, removed, uniform)
     current = layer_shapes(model)
     counter = FlopsCost(model.config.hidden_size, get_layout(model).gate is not None, seq_len,
                         tuple(s.head_dim for s in current))
@@ -577,6 +650,7 @@ def plan_from_params(
     neuron_multiple: int = 1,
     gqa: str = "per_group",
     removed: PruningPlan | None = None,
+    uniform: bool = False,
 ) -> PruningPlan:
     """Remove heads and neurons (and, with `structure`, whole layers) until the layers' parameters fit.
 
@@ -586,7 +660,7 @@ def plan_from_params(
     """
     _relative_budget(("params_reduction", params_reduction), ("max_params", max_params), 0.0, 1.0, "low")
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
-                                        neuron_multiple, gqa, removed)
+                                        neuron_multiple, gqa, removed, uniform)
     counter = ParamsCost.from_model(model)
     dense = _dense_total(counter, model)
     target = dense * (1.0 - params_reduction) if max_params is None else max_params
@@ -621,6 +695,7 @@ def plan_from_latency(
     neuron_multiple: int = 1,
     gqa: str = "per_group",
     removed: PruningPlan | None = None,
+    uniform: bool = False,
 ) -> PruningPlan:
     """Remove heads and neurons (and, with `structure`, whole layers) until the predicted latency fits.
 
@@ -631,7 +706,7 @@ def plan_from_latency(
     _relative_budget(("target", target), ("max_seconds", max_seconds), 0.0, 1.0, "high")
     _check_table(table, model)
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
-                                        neuron_multiple, gqa, removed)
+                                        neuron_multiple, gqa, removed, uniform)
     counter = LatencyCost(table)
     current = layer_shapes(model)
     dense = float(table.predict([s.heads for s in current], [s.ffn for s in current]))

@@ -106,6 +106,11 @@ class PruningConfig(JsonFile):
     gqa: str = field(default="per_group", metadata=_help(
         "grouped-query attention: remove the same number of query heads from every key/value group (per_group), or "
         "whole key/value groups (groups)", choices=list(GQA_MODES)))
+    uniform: bool = field(default=False, metadata=_help(
+        "every remaining layer keeps the same number of heads, key/value heads and FFN neurons (its own best ones), "
+        "so a plain transformers config, vLLM, TGI or llama.cpp can load the result (BERT-style models: only FFN "
+        "widths and layer counts; head counts need hf_prune.load_pruned); budgets are met at the first uniform "
+        "width at or past them"))
     flops_seq_len: int | None = field(default=None, metadata=_help(
         "sequence length at which flops_reduction counts FLOPs (default: --max_seq_length on the command line, "
         "128 in the callback)"))
@@ -141,6 +146,8 @@ class PruningConfig(JsonFile):
             raise ValueError("give latency_reduction, flops_reduction or head_sparsity/ffn_sparsity, only one")
         self._validate_layers()
         self._validate_structure()
+        if not isinstance(self.uniform, bool):
+            raise ValueError(f"uniform must be true or false, got {self.uniform!r}")
         for name, allowed in (("importance", METHODS), ("layer_importance", LAYER_METHODS),
                               ("pruning_schedule", SCHEDULES), ("pruning_scope", SCOPES),
                               ("unstructured_scope", SCOPES), ("gqa", GQA_MODES), ("reconstruct", RECONSTRUCT),
@@ -226,9 +233,10 @@ class PruningConfig(JsonFile):
         return self.importance in GRADIENT_METHODS
 
     def plan_constraints(self) -> dict:
-        """The keyword arguments `plan_from_sparsity` / `plan_from_flops` take for this config's constraints."""
+        """The keyword arguments the `plan_from_*` planners take for this config's constraints."""
         return {"min_heads": self.min_heads_per_layer, "min_neurons": self.min_neurons_per_layer,
-                "head_multiple": self.head_multiple, "neuron_multiple": self.neuron_multiple, "gqa": self.gqa}
+                "head_multiple": self.head_multiple, "neuron_multiple": self.neuron_multiple, "gqa": self.gqa,
+                "uniform": self.uniform}
 
     def replace(self, **changes) -> PruningConfig:
         """A validated copy with some fields changed."""
