@@ -5,8 +5,10 @@ from .architecture.counting import count_flops, count_parameters
 from .architecture.gates import attach_gates
 from .architecture.layouts import Layout, get_layout, supported_model_types
 from .architecture.shapes import LayerShape, layer_shapes
+from .deploy.gguf_export import export_gguf
 from .deploy.latency import LatencyStats, measure_latency
 from .deploy.latency_table import measure_latency_table
+from .deploy.onnx_export import export_onnx
 from .deploy.quantize import quantize_dynamic_int8
 from .importance.compute import compute_importance
 from .importance.estimators import METHODS as IMPORTANCE_METHODS
@@ -67,6 +69,8 @@ __all__ = [
     "count_parameters",
     "distillation_loss",
     "drop_layers",
+    "export_gguf",
+    "export_onnx",
     "get_layout",
     "layer_shapes",
     "load_pruned",

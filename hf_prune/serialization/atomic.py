@@ -113,3 +113,32 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     _fsync_folder(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to `path` for a streamed write; on success it replaces `path`.
+
+    overwrite=False refuses (FileExistsError) an existing `path` before anything is written; on error the
+    temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a folder: give a file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: choose another file name or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        if tmp.exists():
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
