@@ -2,9 +2,9 @@
 
 Two parts, one JSON (`results/gguf.json`):
 
-1. ``shapes``: tiny random llama models (hidden 64, 8 query / 4 key-value heads of 16, FFN 128, SmolLM2's
-   tokenizer) with the shapes pruning produces (non-uniform widths, a first layer without heads, a layer without
-   FFN, a layer with neither, removed layers), exported to f32 GGUF and run by llama.cpp (float32 KV cache): the
+1. ``shapes``: tiny random llama (and Qwen2: q/k/v biases) models (hidden 64, 8 query / 4 key-value heads of 16,
+   FFN 128, SmolLM2's tokenizer) with the shapes pruning produces (non-uniform widths, a first layer without heads,
+   a layer without FFN, a layer with neither, removed layers), exported to f32 GGUF and run by llama.cpp (float32 KV cache): the
    largest logit difference from transformers on a 24-token sequence. Two rows write the file *without* the exporter's
    equivalent forms (first layer without heads; layer with heads and no FFN), to show why they exist.
 2. ``smollm2``: SmolLM2-135M dense, pruned by 20% of the layer parameters with the best retrain-free method
@@ -114,18 +114,24 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 # ----------------------------------------------------------------------------- part 1: shapes
 
 
-def tiny_llama(vocab: int, layers: int = 5):
+def tiny_llama(vocab: int, layers: int = 5, family: str = "llama"):
+    """A random llama (or Qwen2: q/k/v biases) with head size 16; larger weights than the default init, so that
+    every layer changes the logits visibly."""
     import transformers as tf
 
     torch.manual_seed(0)
-    config = tf.LlamaConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=4,
-                            head_dim=16, intermediate_size=128, vocab_size=vocab, max_position_embeddings=256,
-                            tie_word_embeddings=False, rms_norm_eps=1e-5)
-    model = tf.LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # larger weights than the default init, so that every layer changes the logits visibly
-        for p in model.parameters():
+    config_class, model_class = ((tf.LlamaConfig, tf.LlamaForCausalLM) if family == "llama"
+                                 else (tf.Qwen2Config, tf.Qwen2ForCausalLM))
+    config = config_class(hidden_size=64, num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=4,
+                          head_dim=16, intermediate_size=128, vocab_size=vocab, max_position_embeddings=256,
+                          tie_word_embeddings=False, rms_norm_eps=1e-5)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.08)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.5)
     return model
 
 
@@ -134,8 +140,8 @@ def shape_cases(vocab: int) -> dict:
     every_head, every_neuron = list(range(8)), list(range(128))
     cases = {}
 
-    def case(name, heads=None, neurons=None, layers=None, padded=True):
-        model = tiny_llama(vocab)
+    def case(name, heads=None, neurons=None, layers=None, padded=True, family="llama"):
+        model = tiny_llama(vocab, family=family)
         prune_model(model, heads=heads or {}, neurons=neurons or {}, layers=layers)
         cases[name] = (model, padded)
 
@@ -147,6 +153,9 @@ def shape_cases(vocab: int) -> dict:
     case("layer without FFN", neurons={2: every_neuron})
     case("layer with neither (identity)", heads={3: every_head}, neurons={3: every_neuron})
     case("later layer without heads", heads={1: every_head}, neurons={4: list(range(100))})
+    case("qwen2 (q/k/v biases), dense", family="qwen2")
+    case("qwen2 (q/k/v biases), non-uniform, first layer without heads", heads={0: every_head, 2: [2, 3, 4, 5]},
+         neurons={1: list(range(50))}, family="qwen2")
     case("first layer without heads, unpadded", heads={0: every_head}, padded=False)
     case("layer without FFN, unpadded", neurons={2: every_neuron}, padded=False)
     return cases

@@ -128,6 +128,29 @@ def test_non_uniform_model_uses_per_layer_counts(tmp_path, tokenizer):
     assert_same_tensors(path, model)
 
 
+def test_qwen2_biases_follow_their_rows(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    config = tf.Qwen2Config(hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4,
+                            intermediate_size=96, vocab_size=len(tokenizer), max_position_embeddings=128)
+    model = tf.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_()
+    hf_prune.prune_model(model, heads={1: [0, 1]}, neurons={2: list(range(10))})
+    path = hf_prune.export_gguf(model, tmp_path / "qwen2.gguf", dtype="f32", tokenizer=tokenizer)
+    fields, tensors = read(path)
+    assert fields["general.architecture"] == "deci" and fields["deci.attention.head_count"] == [8, 6, 8]
+    attn = model.model.layers[1].self_attn
+    np.testing.assert_array_equal(tensors["blk.1.attn_q.bias"], _rotary_rows(attn.q_proj.bias[:, None], HEAD_DIM)[:, 0]
+                                  .detach().numpy())
+    np.testing.assert_array_equal(tensors["blk.1.attn_k.bias"], _rotary_rows(attn.k_proj.bias[:, None], HEAD_DIM)[:, 0]
+                                  .detach().numpy())
+    np.testing.assert_array_equal(tensors["blk.1.attn_v.bias"], attn.v_proj.bias.detach().numpy())
+    np.testing.assert_array_equal(tensors["blk.1.attn_q.weight"], _rotary_rows(attn.q_proj.weight, HEAD_DIM).detach()
+                                  .numpy())
+
+
 def test_layers_without_heads_or_neurons_get_an_equivalent_form(tmp_path, tokenizer):
     model = tiny_llama(tokenizer, layers=5)
     all_heads, all_neurons = list(range(8)), list(range(96))
@@ -190,8 +213,12 @@ def test_bad_input_raises_and_writes_nothing(tmp_path, tokenizer):
     gpt2 = make_model("gpt2")
     _assert_refused(tmp_path, lambda: hf_prune.export_gguf(gpt2, target, tokenizer=tokenizer), ValueError,
                     "llama-style decoders")
-    qwen = make_model("qwen2")
-    _assert_refused(tmp_path, lambda: hf_prune.export_gguf(qwen, target, tokenizer=tokenizer), ValueError, "qwen2")
+    qwen3 = make_model("qwen3")  # per-head q/k norms: not in llama.cpp's llama graph
+    _assert_refused(tmp_path, lambda: hf_prune.export_gguf(qwen3, target, tokenizer=tokenizer), ValueError, "qwen3")
+    biased = tiny_llama(tokenizer)
+    biased.model.layers[1].mlp.down_proj.bias = torch.nn.Parameter(torch.zeros(HIDDEN))
+    _assert_refused(tmp_path, lambda: hf_prune.export_gguf(biased, target, tokenizer=tokenizer), ValueError,
+                    "has a bias")
     model = tiny_llama(tokenizer)
     _assert_refused(tmp_path, lambda: hf_prune.export_gguf(model, target, dtype="q4_k", tokenizer=tokenizer),
                     ValueError, "dtype must be one of")

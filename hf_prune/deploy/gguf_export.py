@@ -36,7 +36,8 @@ from ..architecture.shapes import layer_shapes
 from ..serialization.atomic import atomic_file
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
-EXPORTABLE_TYPES = ("llama", "mistral")  # llama.cpp's llama/deci graphs: no q/k/v biases, SwiGLU, RMSNorm
+EXPORTABLE_TYPES = ("llama", "mistral", "qwen2")  # what llama.cpp's llama/deci graphs compute: RMSNorm, SwiGLU,
+# rotary attention with optional q/k/v biases (Qwen2's rotary layout is transformers' llama layout)
 
 # llama.cpp pre-tokenizer names, told apart by the Hugging Face tokenizer's pre-tokenizer. The regexes are
 # the split patterns the original tokenizer.json files carry.
@@ -85,8 +86,14 @@ def _check_model(model: nn.Module) -> None:
                          "(dtype=torch.float16/bfloat16/float32) and choose the GGUF dtype with dtype=")
     if any(p.device.type == "meta" for p in model.parameters()):
         raise ValueError("export_gguf: some weights are on the meta device (offloaded); load the model fully first")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        raise ValueError("export_gguf: attention_bias/mlp_bias models are not supported by llama.cpp's llama graph")
+    layout = get_layout(model)
+    for layer in get_layers(model, layout):
+        for path in (layout.o, layout.gate, layout.up, layout.down):
+            if getattr(get_submodule(layer, path), "bias", None) is not None:
+                raise ValueError(f"export_gguf: {path} has a bias, which llama.cpp's llama graph cannot hold "
+                                 "(only q/k/v biases are supported)")
+    if getattr(config, "use_sliding_window", False):
+        raise ValueError("export_gguf: sliding-window attention (use_sliding_window) is not supported")
     if getattr(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"export_gguf: llama.cpp's llama graph uses SiLU, this model uses {config.hidden_act!r}")
     rope = _rope_parameters(config)
@@ -152,6 +159,12 @@ def _weight(layer: nn.Module, path: str, head_dim: int | None = None) -> torch.T
     return weight if head_dim is None else _rotary_rows(weight, head_dim)
 
 
+def _bias(layer: nn.Module, path: str, head_dim: int | None = None) -> torch.Tensor:
+    """A projection bias of `layer`; with head_dim, reordered for llama.cpp's rotary layout like the rows."""
+    bias = get_submodule(layer, path).bias.detach()
+    return bias if head_dim is None else _rotary_rows(bias[:, None], head_dim)[:, 0]
+
+
 def _tensors(model: nn.Module, blocks: list[_Block], head_dim: int) -> list[tuple[str, Callable[[], torch.Tensor]]]:
     """(GGUF name, function returning the tensor) for every tensor, in file order."""
     layout = get_layout(model)
@@ -175,6 +188,10 @@ def _tensors(model: nn.Module, blocks: list[_Block], head_dim: int) -> list[tupl
                         (name + "attn_k.weight", partial(_weight, layer, layout.k, head_dim)),
                         (name + "attn_v.weight", partial(_weight, layer, layout.v)),
                         (name + "attn_output.weight", partial(_weight, layer, layout.o))]
+            if get_submodule(layer, layout.q).bias is not None:  # Qwen2
+                entries += [(name + "attn_q.bias", partial(_bias, layer, layout.q, head_dim)),
+                            (name + "attn_k.bias", partial(_bias, layer, layout.k, head_dim)),
+                            (name + "attn_v.bias", partial(_bias, layer, layout.v))]
         if block.ffn:
             entries.append((name + "ffn_norm.weight", partial(_weight, layer, "post_attention_layernorm")))
         if block.zero_neuron:
@@ -412,7 +429,8 @@ def export_gguf(model_or_path, path: str | os.PathLike, dtype: str = "f16", toke
                 pre_tokenizer: str | None = None, overwrite: bool = False) -> Path:
     """Write a llama-style decoder (dense or pruned: uniform, non-uniform, fewer layers) as a llama.cpp GGUF file.
 
-    model_or_path: a LlamaForCausalLM/MistralForCausalLM, or a folder saved by `save_pruned`/`save_pretrained`.
+    model_or_path: a LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM, or a folder saved by
+    `save_pruned`/`save_pretrained`.
     dtype: "f32", "f16", "bf16" or "q8_0" for the 2-D weights (norms stay float32); a q8_0 tensor whose rows
     are not a multiple of 32 long is written as f16, with a warning naming it.
     tokenizer: by default the one saved where the model was loaded from. pre_tokenizer: llama.cpp's name for
