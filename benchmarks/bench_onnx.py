@@ -21,6 +21,7 @@ Both models go through `hf_prune.deploy.onnx_export.export_onnx(..., quantize_in
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
@@ -92,6 +94,9 @@ def ort_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Eight engines take turns in one process: an idle session's spinning threads would steal the cores of the
+    # one being timed (torch's OpenMP threads are made passive for the same reason: OMP_WAIT_POLICY).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -257,6 +262,7 @@ def main(argv=None):
                       "float32 model.onnx + onnxruntime quantize_dynamic (QInt8 weights per channel, reduce_range) "
                       "model_int8.onnx",
             "onnxruntime": f"CPUExecutionProvider, intra_op_num_threads={args.threads}, inter_op 1, sequential, "
+                           "no spinning (idle sessions must not steal the timed one's cores), "
                            "default graph optimizations",
             "torch": f"torch.set_num_threads({args.threads}), inference_mode; int8 = hf_prune.quantize_dynamic_int8",
             "latency": f"all 8 engines alternated round-robin in one process, 3 warm-up rounds, {args.repeats} timed, "

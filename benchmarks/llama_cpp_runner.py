@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -85,8 +86,8 @@ def main(job_path: str, out_path: str) -> None:
     for name, path in job["models"].items():
         try:
             llm = load(path, n_ctx, threads, logits_all=True, f32_cache=name in f32_cache)
-        except ValueError as error:  # llama.cpp refused the file: recorded, not fatal
-            result[name] = {"error": str(error)}
+        except ValueError as error:  # llama.cpp refused the file: recorded (without this machine's path), not fatal
+            result[name] = {"error": str(error).replace(path, os.path.basename(path))}
             print(f"  llama.cpp {name}: {error}", flush=True)
             continue
         entry = {"perplexity": perplexity(llm, job["windows"]) if job["windows"] else None}

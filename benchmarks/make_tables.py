@@ -384,6 +384,102 @@ def depth_minilm() -> str:
 # ----------------------------------------------------------------------------------------------- README
 
 
+def gguf_shapes() -> str:
+    """benchmarks/results/gguf.json (bench_gguf.py): every pruned shape exported to f32 GGUF, run by llama.cpp."""
+    d = load("gguf.json")
+    body = []
+    for r in d["shapes"]:
+        diff = r["max_abs_logit_diff"]
+        result = f"refused: {r['llama_cpp_error'].split(':')[0]}" if diff is None else f"{diff:.1e}"
+        written = "exporter's equivalent form" if r["equivalent_forms"] else "raw shape (forms disabled)"
+        body.append([r["case"], written, f"{r['heads']} / {r['ffn']}", result])
+    return (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}), "
+            f"{d['llama_cpp']}.\n\n" + table(["shape", "written as", "heads / FFN per layer",
+                                                 "max abs logit difference, llama.cpp vs transformers"], body))
+
+
+def gguf_table() -> str:
+    """benchmarks/results/gguf.json (bench_gguf.py): SmolLM2 in llama.cpp against transformers, and its speed."""
+    d = load("gguf.json")
+    body = []
+    for r in d["rows"]:
+        body.append([r["model"], r["dtype"], str(r["layers"]), f"{r['params_removed']:.3f}",
+                     f"{r['perplexity_llama_cpp']:.3f} vs {r['perplexity_transformers']:.3f} "
+                     f"({r['perplexity_rel_diff']:+.2%})",
+                     "yes" if r["greedy_identical"] else f"no (from token {r['greedy_first_difference']})",
+                     f"{r['prompt_tokens_per_s']:.0f}", f"{r['generation_tokens_per_s']:.1f}",
+                     "–" if r["model"] == "dense" else f"×{r['generation_speedup']:.2f} / ×{r['ideal_speedup']:.2f} "
+                                                      f"= {r['generation_share_of_ideal']:.2f}",
+                     "–" if r["model"] == "dense" else f"{r['prompt_share_of_ideal']:.2f}"])
+    return table(["model", "GGUF", "layers", "params removed", "perplexity llama.cpp vs transformers",
+                  "greedy tokens identical", "prompt tok/s", "generation tok/s",
+                  "generation speedup / ideal = share", "prompt share of ideal"], body)
+
+
+def gguf_targets() -> str:
+    """benchmarks/results/gguf.json (bench_gguf.py): the issue's targets, as the benchmark judged them."""
+    d = load("gguf.json")
+    body = []
+    for t in d["targets"]:
+        value = t["value"]
+        shown = "–" if value is None else (f"{value:+.2%}" if "within 1%" in t["target"] else f"{value:.3g}")
+        body.append([t["target"], shown, f"**{t['status']}**" if t["status"] != "PASS" else t["status"]])
+    return table(["target", "measured", "verdict"], body)
+
+
+def onnx_table() -> str:
+    """benchmarks/results/onnx.json (bench_onnx.py): MiniLM in ONNX Runtime, float and int8, against PyTorch."""
+    d = load("onnx.json")
+    acc, diff = d["accuracy"], d["differing_predictions"]
+    body = [[engine, f"{acc[f'{engine} dense']:.4f}", f"{acc[f'{engine} pruned']:.4f}"] for engine in
+            ("torch", "onnx", "torch int8", "onnx int8")]
+    text = (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}). Pruned shape: heads "
+            f"{d['pruned_shape']['heads']}, FFN {d['pruned_shape']['ffn']} "
+            f"({d['pruned_shape']['layer_flops_reduction_at_64']:.1%} fewer layer FLOPs at 64 tokens). ONNX Runtime "
+            f"predictions that differ from PyTorch's: {diff['onnx dense vs torch dense']} (dense), "
+            f"{diff['onnx pruned vs torch pruned']} (pruned); int8 predictions that differ from float: ONNX Runtime "
+            f"{diff['onnx int8 dense vs onnx dense']} / {diff['onnx int8 pruned vs onnx pruned']}, PyTorch "
+            f"{diff['torch int8 dense vs torch dense']} / {diff['torch int8 pruned vs torch pruned']} (dense / pruned)."
+            f"\n\n" + table(["engine", f"accuracy dense ({d['setup']['validation_sentences']} sentences)",
+                                "accuracy pruned"], body) + "\n")
+    rows = []
+    for lat in d["latency"]:
+        shape = f"{lat['batch']} x {lat['tokens']}"
+        ms = {name: m["median_ms"] for name, m in lat["models"].items()}
+        for engine in ("onnx", "onnx int8", "torch", "torch int8"):
+            rows.append([shape, engine, f"{ms[engine + ' dense']:.1f} → {ms[engine + ' pruned']:.1f}",
+                         f"×{lat['speedup'][engine]:.2f}", f"×{lat['ideal_speedup']:.2f}",
+                         f"{lat['share_of_ideal'][engine]:.3f}", load_text(lat.get("other_load_cores"))])
+    b8 = max(d["latency"], key=lambda lat: lat["batch"] * lat["tokens"])
+    verdict = (f"\nTarget ({d['setup']['target']}): {b8['share_of_ideal']['onnx']:.3f}, "
+               f"**{'PASS' if d['target_met'] else 'MISS'}**.\n")
+    return text + table(["batch x tokens", "engine", "median ms dense → pruned", "speedup", "ideal",
+                         "share of ideal", "other load"], rows) + verdict
+
+
+def uniform() -> str:
+    """benchmarks/results/uniform.json (bench_uniform.py): what requiring uniform widths costs at the same budget."""
+    d = load("uniform.json")
+    body = []
+    for r in d["rows"]:
+        metric = "accuracy" if "accuracy" in r else "perplexity"
+        se = f" ± {r[metric + '_se']:.4f}" if r.get(metric + "_se") is not None else ""
+        vanilla = r.get("vanilla_load")
+        if vanilla is None:
+            loads = "–"
+        elif vanilla.get("loads"):
+            loads = "yes, identical logits" if vanilla.get("identical_logits") else "yes, different logits"
+        else:
+            loads = "no (size mismatch)"
+        shape = (f"{r['heads_per_layer'][0]} heads, FFN {r['ffn_per_layer'][0]}" if r["uniform_shapes"]
+                 else f"heads {r['heads_per_layer']}, FFN {r['ffn_per_layer']}")
+        body.append([r["model"], r["family"], f"-{r['budget']:.0%}", f"{r[metric]:.4f}{se} (n={r['runs']})",
+                     f"{r['dense_' + metric]:.4f}", shape, loads])
+    return (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}).\n\n"
+            + table(["model", "plan", "budget", "metric (accuracy / perplexity)", "dense", "widths (slice 0)",
+                     "vanilla `from_pretrained`"], body))
+
+
 def depth_summary_rows() -> list[list[str]]:
     """README rows from benchmarks/results/depth.json: width vs depth at 20% on SmolLM2, and the latency planner."""
     d = load("depth.json")
@@ -401,6 +497,30 @@ def depth_summary_rows() -> list[list[str]]:
         ["latency planner (`plan_from_latency` on a measured table), decode at batch 1",
          f"within 5% of the requested latency at {passed} of {len(planner)} targets "
          f"({errors})", "`depth.json`"],
+    ]
+
+
+def serving_summary_rows() -> list[list[str]]:
+    """README rows from benchmarks/results/gguf.json, onnx.json and uniform.json."""
+    g = load("gguf.json")
+    width = next(r for r in g["rows"] if r["model"] == "width 20%" and r["dtype"] == "f16")
+    exact = all(r["greedy_identical"] for r in g["rows"] if r["dtype"] == "f32")
+    worst = max(abs(r["perplexity_rel_diff"]) for r in g["rows"] if r["dtype"] == "f32")
+    o = load("onnx.json")
+    b8 = next(lat for lat in o["latency"] if lat["batch"] == 8)
+    u = {r["family"]: r for r in load("uniform.json")["rows"] if r["model"] == "minilm"}
+    return [
+        ["SmolLM2-135M, 20% of layer parameters removed, exported with `export_gguf`, run by llama.cpp",
+         f"perplexity within {worst:.2%} of transformers', greedy text {'identical' if exact else 'different'} (f32); "
+         f"f16 generation x{width['generation_speedup']:.2f} faster ({width['generation_share_of_ideal']:.2f} of "
+         f"ideal)", "`gguf.json`"],
+        ["MiniLM, 50% fewer layer FLOPs, exported with `export_onnx`, ONNX Runtime, batch 8 x 128",
+         f"{o['differing_predictions']['onnx pruned vs torch pruned']} predictions differ from PyTorch's; "
+         f"x{b8['speedup']['onnx']:.2f} faster ({b8['share_of_ideal']['onnx']:.3f} of "
+         f"ideal, other load {b8.get('other_load_cores', 0):.2f} cores)", "`onnx.json`"],
+        ["MiniLM, 50% fewer layer FLOPs, retrain-free: non-uniform vs uniform widths",
+         f"{u['non-uniform']['accuracy']:.3f} vs {u['uniform']['accuracy']:.3f} (uniform FFN only, loads in vanilla "
+         f"transformers: {u['uniform-ffn']['accuracy']:.3f})", "`uniform.json`"],
     ]
 
 
@@ -484,6 +604,7 @@ def readme_summary() -> str:
         ["gradient scoring cost", f"{overhead['gradient_ratio']:.2f}x one forward + backward pass",
          "`importance_overhead.json`"],
         *depth_summary_rows(),
+        *serving_summary_rows(),
     ]
     return table(["what", "result", "data (`benchmarks/results/`)"], rows, [" --- ", " --- ", " --- "])
 
@@ -507,12 +628,18 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "depth": depth_table,
     "depth-targets": depth_targets,
     "depth-minilm": depth_minilm,
+    "gguf-shapes": gguf_shapes,
+    "gguf": gguf_table,
+    "gguf-targets": gguf_targets,
+    "uniform": uniform,
+    "onnx": onnx_table,
 }
 
 FILES: dict[Path, tuple[str, ...]] = {
     RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
-                 "depth-setup", "depth", "depth-targets", "depth-minilm"),
+                 "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
+                 "onnx", "uniform"),
     README_MD: ("results-at-a-glance",),
 }
 

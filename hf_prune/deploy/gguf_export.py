@@ -221,21 +221,15 @@ def _rope_freqs(config, head_dim: int) -> torch.Tensor | None:
     return (plain / scaled.double()).float()
 
 
-def _encode(gguf, name: str, tensor: torch.Tensor, dtype: str, fallbacks: list[str]):
-    """(raw array, GGML type) for one tensor; 1-D tensors stay float32, as llama.cpp's converters keep them."""
+def _encode(gguf, tensor: torch.Tensor, kind) -> np.ndarray:
+    """The raw array of one tensor in the GGML type `_encode_kind` chose for it."""
     types = gguf.GGMLQuantizationType
     array = tensor.to(torch.float32).cpu().numpy()
-    if array.ndim == 1 or dtype == "f32":
-        return np.ascontiguousarray(array), types.F32
-    if dtype == "q8_0":
-        block = gguf.GGML_QUANT_SIZES[types.Q8_0][0]
-        if array.shape[-1] % block == 0:
-            return gguf.quants.quantize(array, types.Q8_0), types.Q8_0
-        fallbacks.append(name)
-        return array.astype(np.float16), types.F16
-    if dtype == "bf16":
-        return gguf.quants.quantize(array, types.BF16), types.BF16
-    return array.astype(np.float16), types.F16
+    if kind == types.F32:
+        return np.ascontiguousarray(array)
+    if kind == types.F16:
+        return array.astype(np.float16)
+    return gguf.quants.quantize(array, kind)  # Q8_0, BF16
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -459,17 +453,19 @@ def export_gguf(model_or_path, path: str | os.PathLike, dtype: str = "f16", toke
         writer = gguf.GGUFWriter(tmp, arch)
         _write_metadata(writer, gguf, model, blocks, head_dim, arch, dtype)
         _write_tokenizer(writer, gguf, tokenizer, spec, pre, int(model.config.vocab_size))
+        kinds = []
         for name, get in entries:  # descriptions first: sizes follow from shapes and types alone
             shape = tuple(get().shape)
-            kind = _encode_kind(gguf, shape, dtype)
-            nbytes = _nbytes(gguf, shape, kind)
-            writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=kind)  # element shape
+            kinds.append(_encode_kind(gguf, shape, dtype))
+            if dtype == "q8_0" and len(shape) == 2 and kinds[-1] != gguf.GGMLQuantizationType.Q8_0:
+                fallbacks.append(name)
+            nbytes = _nbytes(gguf, shape, kinds[-1])
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=kinds[-1])  # element shape
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for name, get in _progress(entries):
-            array, _ = _encode(gguf, name, get(), dtype, fallbacks)
-            writer.write_tensor_data(array)
+        for (_, get), kind in zip(_progress(entries), kinds):
+            writer.write_tensor_data(_encode(gguf, get(), kind))
         writer.close()
     if fallbacks:
         warnings.warn(f"export_gguf: {len(fallbacks)} tensor(s) have rows whose length is not a multiple of 32 and "
@@ -479,7 +475,8 @@ def export_gguf(model_or_path, path: str | os.PathLike, dtype: str = "f16", toke
 
 
 def _encode_kind(gguf, shape: tuple[int, ...], dtype: str):
-    """The GGML type `_encode` gives a tensor of this shape (kept in one place with it)."""
+    """The GGML type of a tensor of this shape: 1-D tensors stay float32 (as llama.cpp's converters keep them), a
+    q8_0 tensor whose rows are not a multiple of the block (32) becomes f16."""
     types = gguf.GGMLQuantizationType
     if len(shape) == 1 or dtype == "f32":
         return types.F32
