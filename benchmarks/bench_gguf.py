@@ -16,8 +16,9 @@ Two parts, one JSON (`results/gguf.json`):
      against transformers' for the same model (target: within 1% in f32);
    - greedy continuation of `--new-tokens` tokens after a 64-token prompt, against transformers' (target:
      identical in f32);
-   - speed: prompt processing (one 512-token prompt) and generation (per token, after the prompt), the models
-     timed round-robin in one llama.cpp process, medians of `--repeats` rounds; speedup pruned / dense of the
+   - speed: prompt processing (one 512-token prompt) and generation (per token over `--timing-tokens`, after the
+     prompt), the models timed round-robin in one llama.cpp process, medians of `--repeats` rounds (one warm-up
+     round first); speedup pruned / dense of the
      same dtype, and its share of the ideal, ideal = dense / pruned per-token matmul FLOPs of the whole model
      (layers at sequence length 1 + lm_head 2 x hidden x vocab) (target: at least 0.9 for generation).
 
@@ -245,7 +246,8 @@ def main(argv=None):
     p.add_argument("--moment-windows", type=int, default=32)
     p.add_argument("--reselect-block", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--timing-tokens", type=int, default=128, help="generated tokens per timed round")
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--dtypes", nargs="+", default=["f32", "f16"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--wait-quiet", type=float, default=60.0)
@@ -260,7 +262,7 @@ def main(argv=None):
     if args.quick:
         args.cache = args.results = args.cache / "quick"
         args.eval_windows, args.calib_windows, args.moment_windows, args.repeats = 1, 1, 2, 1
-        args.reselect_block, args.new_tokens = 128, 8
+        args.reselect_block, args.new_tokens, args.timing_tokens = 128, 8, 8
     work = args.cache / "gguf"
     work.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -300,7 +302,8 @@ def main(argv=None):
 
     waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     result = run_llama_cpp(python, {"models": files, "windows": [w.tolist() for w in eval_wins], "prompt": prompt,
-                                    "new_tokens": args.new_tokens, "prefill": prompt_win.tolist(),
+                                    "new_tokens": args.new_tokens, "timing_tokens": args.timing_tokens,
+                                    "prefill": prompt_win.tolist(),
                                     "repeats": args.repeats, "threads": args.threads, "timing": list(files),
                                     "f32_cache": [k for k in files if k.endswith("| f32")]}, work)
     table = []
@@ -360,7 +363,8 @@ def main(argv=None):
             "greedy": f"{args.new_tokens} tokens after the first 64 tokens of test window {args.eval_windows}",
             "kv_cache": "float32 for the f32 files (exactness), llama.cpp's default f16 for the others",
             "speed": f"llama-cpp-python, {args.threads} threads; prompt: one {WINDOW}-token prompt; generation: per "
-                     f"token after a 64-token prompt; all files timed round-robin in one process, medians of "
+                     f"token over {args.timing_tokens} greedy tokens after a 64-token prompt; all files timed "
+                     f"round-robin in one process, medians of "
                      f"{args.repeats} rounds after one warm-up round",
             "ideal_speedup": "dense / pruned per-token matmul FLOPs: layers at sequence length 1 + lm_head "
                              "(2 x hidden x vocab)",

@@ -5,7 +5,8 @@ imports nothing from hf_prune and reads token ids, not text:
 
     <llama venv>/bin/python benchmarks/llama_cpp_runner.py job.json result.json
 
-job.json: {"models": {name: path}, "windows": [[ids]], "prompt": [ids], "new_tokens": n, "logits": [[ids]],
+job.json: {"models": {name: path}, "windows": [[ids]], "prompt": [ids], "new_tokens": n, "timing_tokens": m,
+"logits": [[ids]],
 "prefill": [ids], "repeats": r, "threads": t, "timing": [names], "f32_cache": [names]}. Every model is scored on the same windows;
 the models named in "timing" are timed round-robin, one round at a time, so machine noise hits them alike.
 """
@@ -80,7 +81,8 @@ def main(job_path: str, out_path: str) -> None:
     job = json.loads(open(job_path).read())
     threads = job.get("threads", 2)
     window = max(len(w) for w in job["windows"]) if job["windows"] else 512
-    n_ctx = max(window, len(job["prompt"]) + job["new_tokens"], len(job.get("prefill", [])), 64)
+    generated = max(job["new_tokens"], job.get("timing_tokens", 0))
+    n_ctx = max(window, len(job["prompt"]) + generated, len(job.get("prefill", [])), 64)
     f32_cache = set(job.get("f32_cache", []))
     result = {}
     for name, path in job["models"].items():
@@ -107,7 +109,7 @@ def main(job_path: str, out_path: str) -> None:
     for r in range(job.get("repeats", 0) + 1):  # round 0 warms up
         for name, llm in timed.items():
             pre = prefill_seconds(llm, job["prefill"])
-            _, dec = greedy(llm, job["prompt"], job["new_tokens"])
+            _, dec = greedy(llm, job["prompt"], job.get("timing_tokens", job["new_tokens"]))
             if r:
                 times[name]["prefill"].append(pre)
                 times[name]["decode"].append(dec)
