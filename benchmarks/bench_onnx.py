@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 from batching import batches, eval_batches  # noqa: E402
 from bench_accuracy import SEQ_LEN, dense_model, tokenize  # noqa: E402
-from bench_depth import recover  # noqa: E402  (reselect_units + apply_mask_tuning(reconstruct="weights"))
+from bench_depth import alternated, recover  # noqa: E402  (reselect_units + apply_mask_tuning(reconstruct="weights"))
 from provenance import OtherLoad, command_line, machine_info, minilm_label, now_utc, wait_for_quiet  # noqa: E402
 
 from hf_prune import (  # noqa: E402
@@ -125,10 +125,14 @@ def latency_inputs(batch: int, tokens: int, vocab: int) -> dict[str, torch.Tenso
 
 
 def runner(model_or_session, inputs: dict):
-    """A no-argument callable that runs one forward pass."""
+    """A no-argument callable that runs one forward pass and returns None (so `alternated` times its wall clock)."""
     if hasattr(model_or_session, "run"):
         feed = {i.name: inputs[i.name].numpy() for i in model_or_session.get_inputs()}
-        return lambda: model_or_session.run(None, feed)
+
+        def session_run():
+            model_or_session.run(None, feed)
+
+        return session_run
 
     def forward():
         with torch.inference_mode():
@@ -137,24 +141,12 @@ def runner(model_or_session, inputs: dict):
     return forward
 
 
-def round_robin(runners: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of every runner, alternated A, B, C, A, B, C, ... (first `warmup` rounds untimed)."""
-    times = {name: [] for name in runners}
-    for round_idx in range(warmup + repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            if round_idx >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
 def measure(engines: dict, batch: int, tokens: int, args) -> dict:
     waited = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     inputs = latency_inputs(batch, tokens, 30522)
     runners = {name: runner(engine, inputs) for name, engine in engines.items()}
     with OtherLoad() as load:
-        times = round_robin(runners, args.repeats, warmup=3)
+        times = alternated(runners, args.repeats, warmup=3)
     out = {name: {"median_ms": 1e3 * statistics.median(t), "p10_ms": 1e3 * percentile(t, 10),
                   "p90_ms": 1e3 * percentile(t, 90)} for name, t in times.items()}
     return {"batch": batch, "tokens": tokens, "repeats": args.repeats, "models": out,

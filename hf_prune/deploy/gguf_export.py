@@ -100,7 +100,8 @@ def _check_model(model: nn.Module) -> None:
     if rope.get("rope_type", "default") not in ("default", "linear", "llama3"):
         raise ValueError(f"export_gguf: rope_type {rope.get('rope_type')!r} is not supported "
                          "(supported: default, linear, llama3)")
-    head_dim = layer_shapes(model)[0].head_dim if layer_shapes(model) else 0
+    shapes = layer_shapes(model)
+    head_dim = shapes[0].head_dim if shapes else 0
     if head_dim % 2:
         raise ValueError(f"export_gguf: head size {head_dim} is odd; rotary embeddings need an even head size")
 
