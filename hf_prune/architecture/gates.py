@@ -5,7 +5,8 @@ columns of the attention output projection's input (o_proj / c_proj / attention.
 neuron's gate multiplies its column of the FFN down projection's input. Shapes never change while
 gates are attached, and `attach_gates` removes every hook it added when its context exits.
 
-An optional `observer(kind, layer, x)` sees each gated input (before gating), e.g. to record
+Each gate lives on its projection's execution device (for a layer offloaded by accelerate, its hook's
+`execution_device`). An optional `observer(kind, layer, x)` sees each gated input (before gating), e.g. to record
 activations; `kind` is "heads" (x of shape (B, T, heads, head_dim)) or "neurons" (x of shape (B, T, ffn)).
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..utils import execution_device
 from .layouts import get_layers, get_layout, get_submodule
 from .shapes import layer_shape
 
@@ -84,9 +86,10 @@ def attach_gates(
         for i, layer in enumerate(get_layers(model, layout)):
             shape = layer_shape(layer, layout)
             o, down = get_submodule(layer, layout.o), get_submodule(layer, layout.down)
-            # each gate lives with its projection, so models spread over devices (device_map) work
-            head_gate = torch.ones(shape.heads, device=o.weight.device, requires_grad=requires_grad)
-            neuron_gate = torch.ones(shape.ffn, device=down.weight.device, requires_grad=requires_grad)
+            # each gate lives where its projection computes (models spread over devices or offloaded with device_map:
+            # the accelerate hook's execution device, never the meta device of an offloaded weight)
+            head_gate = torch.ones(shape.heads, device=execution_device(o), requires_grad=requires_grad)
+            neuron_gate = torch.ones(shape.ffn, device=execution_device(down), requires_grad=requires_grad)
             gates.heads.append(head_gate)
             gates.neurons.append(neuron_gate)
             if heads:

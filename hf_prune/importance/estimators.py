@@ -7,7 +7,7 @@ A new estimator is one function here and one line in `ESTIMATORS`.
 - ``gradient``: mean over batches of |dL/dg| for a gate g multiplying the unit's output (Michel et al. 2019).
 - ``fisher``: sum over batches of (dL/dg)^2 (Kwon et al. 2022).
 - ``taylor``: |sum over the unit's weights of w * dL/dw| with dL/dw summed over all batches (first-order
-  Taylor, as TextPruner).
+  Taylor, as TextPruner), accumulated per unit from activations (see `taylor_scores`).
 - ``l1`` / ``l2``: L1 / L2 norm of the unit's weights (no data needed).
 - ``activation``: mean over (non-padding) tokens of the unit's output magnitude: the L2 norm of the head's
   context vector (its ``head_dim`` slice of the output projection's input), or |activation| of the neuron.
@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architecture.gates import attach_gates
-from ..architecture.layouts import Layout, get_layers
+from ..architecture.layouts import Layout, get_layers, get_submodule
 from ..architecture.shapes import LayerShape
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch
 from .units import unit_parameters, unit_sums
@@ -100,9 +100,14 @@ def model_loss(model: nn.Module, batch: dict, label_free: bool) -> torch.Tensor:
 
 @contextmanager
 def frozen_except(model: nn.Module, trainable: list[nn.Parameter]) -> Iterator[None]:
-    """Eval mode; only `trainable` parameters require grad, grads cleared; everything restored on exit."""
+    """Eval mode; only `trainable` parameters require grad, grads cleared; everything restored on exit.
+
+    Flags are restored by (module, name), not on the Parameter objects seen on entry: accelerate's offload
+    hooks replace an offloaded module's Parameters at every forward pass (device_map with CPU/disk offload).
+    """
     keep = {id(p) for p in trainable}
-    saved = {p: (p.requires_grad, p.grad) for p in model.parameters()}
+    saved = [(module, name, p, p.requires_grad, p.grad)
+             for module in model.modules() for name, p in module._parameters.items() if p is not None]
     with eval_mode(model):
         try:
             for p in model.parameters():
@@ -110,9 +115,12 @@ def frozen_except(model: nn.Module, trainable: list[nn.Parameter]) -> Iterator[N
                 p.grad = None
             yield
         finally:
-            for p, (flag, grad) in saved.items():
-                p.requires_grad_(flag)
-                p.grad = grad
+            for module, name, original, flag, grad in saved:
+                current = module._parameters.get(name)
+                for p in {id(original): original, id(current): current}.values():
+                    if isinstance(p, torch.Tensor):
+                        p.requires_grad_(flag)
+                original.grad = grad
 
 
 def _zeros(shapes: list[LayerShape], kind: str) -> list[torch.Tensor]:
@@ -168,24 +176,83 @@ def fisher_scores(run: ScoringRun) -> Scores:
     return Scores(heads, neurons, n)
 
 
+def _unit_terms(t: torch.Tensor, g: torch.Tensor, units: int, fused: bool) -> torch.Tensor:
+    """Per-unit sum of t * g over every token, in float64: (..., [3,] units * width) -> (units,)."""
+    prod = t.float() * g.float()
+    if fused:  # (q | k | v) features, each block `units * width` wide
+        return prod.reshape(-1, 3, units, prod.shape[-1] // (3 * units)).sum((0, 1, 3), dtype=torch.float64)
+    return prod.reshape(-1, units, prod.shape[-1] // units).sum((0, 2), dtype=torch.float64)
+
+
 def taylor_scores(run: ScoringRun) -> Scores:
+    """|sum over the unit's weights of w * dL/dw|, accumulated per unit from the activations, never per weight.
+
+    For the output rows r of a projection y = W x + b, sum over r's weights and bias of w * dL/dw equals
+    sum over tokens of y_r * dL/dy_r; for its input columns c, sum over c's weights of w * dL/dw equals sum
+    over tokens of x_c * dL/dx_c. So each batch adds per-unit sums of y * dL/dy (rows of q, k, v, up, gate)
+    and x * dL/dx (inputs of the output and down projections): no weight is copied or needs a gradient, and
+    layers offloaded by accelerate work, as their hooks load the weights for the forward pass as usual.
+    """
     layers = get_layers(run.model, run.layout)
-    params = [p for layer in layers for group in unit_parameters(layer, run.layout).values() for _, p in group]
-    grads = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}  # dL/dw summed over batches
+    anchors: dict[torch.device, torch.Tensor] = {}  # a 0 requiring grad, so every hooked tensor is in the graph
+    captured: list[tuple[str, int, int, bool, torch.Tensor]] = []  # (kind, layer, units, fused, tensor)
+
+    def tracked(t: torch.Tensor) -> torch.Tensor:
+        if t.device not in anchors:
+            anchors[t.device] = torch.zeros((), device=t.device, requires_grad=True)
+        return t + anchors[t.device].to(t.dtype)
+
+    def rows_hook(kind: str, i: int, units: int, fused: bool):
+        def hook(module, args, output):
+            out = tracked(output)
+            captured.append((kind, i, units, fused, out))
+            return out
+        return hook
+
+    def cols_hook(kind: str, i: int, units: int):
+        def hook(module, args):
+            x = tracked(args[0])
+            captured.append((kind, i, units, False, x))
+            return (x, *args[1:])
+        return hook
+
+    sums: dict[str, list] = {"heads": [None] * len(run.shapes), "neurons": [None] * len(run.shapes)}
+    handles = []
     n_batches = 0
-    with frozen_except(run.model, params):
-        for batch in run.iterate():
-            step = torch.autograd.grad(model_loss(run.model, batch, run.label_free), params, allow_unused=True)
-            for p, g in zip(params, step):
-                if g is not None:
-                    grads[id(p)] += g.float()
-            n_batches += 1
-    heads, neurons = [], []
-    for layer, shape in zip(layers, run.shapes):  # signed per-unit sums of w * dL/dw; abs after the all-reduce
-        h, x = unit_sums(layer, run.layout, shape, lambda name, p: p.detach().float() * grads[id(p)])
-        heads.append(h)
-        neurons.append(x)
-    heads, neurons, _, n = _reduced(heads, neurons, [], n_batches)
+    try:
+        for i, (layer, shape) in enumerate(zip(layers, run.shapes)):
+            groups = unit_parameters(layer, run.layout)
+            for kind, units, rows, fused, cols in (
+                ("heads", shape.heads, groups["head_rows"], False, groups["head_cols"]),
+                ("heads", shape.heads, groups["qkv_rows"], True, []),
+                ("neurons", shape.ffn, groups["neuron_rows"], False, groups["neuron_cols"]),
+            ):
+                if not units:
+                    continue
+                modules = {name.rsplit(".", 1)[0] for name, _ in rows}
+                for path in sorted(modules):
+                    handles.append(get_submodule(layer, path).register_forward_hook(rows_hook(kind, i, units, fused)))
+                for path in sorted({name.rsplit(".", 1)[0] for name, _ in cols}):
+                    handles.append(get_submodule(layer, path).register_forward_pre_hook(cols_hook(kind, i, units)))
+        with frozen_except(run.model, []):
+            for batch in run.iterate():
+                captured.clear()
+                loss = model_loss(run.model, batch, run.label_free)
+                tensors = [c[-1] for c in captured]
+                grads = torch.autograd.grad(loss, tensors, allow_unused=True) if tensors else []
+                for (kind, i, units, fused, t), g in zip(captured, grads):
+                    if g is not None:  # signed per-unit sums on the layer's device; abs after all batches and processes
+                        term = _unit_terms(t.detach(), g, units, fused)
+                        sums[kind][i] = term if sums[kind][i] is None else sums[kind][i] + term.to(sums[kind][i].device)
+                captured.clear()
+                n_batches += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        captured.clear()
+    host = {kind: [zero if v is None else v.double().cpu() for v, zero in zip(sums[kind], _zeros(run.shapes, kind))]
+            for kind in sums}
+    heads, neurons, _, n = _reduced(host["heads"], host["neurons"], [], n_batches)
     return Scores([h.abs() for h in heads], [x.abs() for x in neurons], n)
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..architecture.layouts import get_layers
 from ..serialization.json_file import JsonFile
-from ..utils import eval_mode, input_device, is_main_process, prepare_batch, take
+from ..utils import eval_mode, execution_device, input_device, is_main_process, prepare_batch, take
 from .estimators import frozen_except, model_loss, reduce_batch_sums, token_mask
 
 
@@ -125,8 +125,9 @@ def layer_hooks(layers: nn.ModuleList, make_hook: Callable[[int], Callable]) -> 
 
 
 def _layer_device(layer: nn.Module, fallback: torch.device) -> torch.device:
-    param = next(layer.parameters(), None)
-    return param.device if param is not None and param.device.type != "meta" else fallback
+    """Where the layer computes (its accelerate hook's execution device when it has one), never meta."""
+    device = execution_device(layer)
+    return device if device.type != "meta" else fallback
 
 
 def _total_batches(n_batches: int, extra: list[torch.Tensor]) -> tuple[list[torch.Tensor], int]:

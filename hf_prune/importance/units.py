@@ -13,7 +13,7 @@ from torch import nn
 
 from ..architecture.layouts import Layout, get_submodule
 from ..architecture.shapes import LayerShape
-from ..utils import as_out_in
+from ..utils import as_out_in, materialized
 
 
 def _row_sums(values: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
@@ -56,25 +56,35 @@ def unit_parameters(layer: nn.Module, layout: Layout) -> dict[str, list[tuple[st
 
 
 def unit_sums(layer: nn.Module, layout: Layout, shape: LayerShape, values) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head and per-neuron sums of `values(name, param)` (a tensor shaped like the parameter)."""
+    """Per-head and per-neuron sums of `values(name, param)` (a tensor shaped like the parameter).
+
+    Each projection's weights are materialised one module at a time (`hf_prune.utils.materialized`), so a
+    layer offloaded by accelerate (device_map with CPU or disk offload) is read through its hook; `param` is
+    then the module's parameter on its execution device for the duration of the call.
+    """
     groups = unit_parameters(layer, layout)
     heads = torch.zeros(shape.heads, dtype=torch.float64)
     neurons = torch.zeros(shape.ffn, dtype=torch.float64)
+
+    def each(group: str):
+        for name, _ in groups[group]:
+            path, attr = name.rsplit(".", 1)
+            module = get_submodule(layer, path)
+            with materialized(module):
+                yield values(name, getattr(module, attr))
+
     if shape.heads:
-        for name, p in groups["head_rows"]:
-            heads += _row_sums(values(name, p), shape.heads, layout.conv1d).double().cpu()
-        for name, p in groups["qkv_rows"]:
-            v = values(name, p)
+        for v in each("head_rows"):
+            heads += _row_sums(v, shape.heads, layout.conv1d).double().cpu()
+        for v in each("qkv_rows"):
             v = as_out_in(v, layout.conv1d) if v.dim() == 2 else v
             # fused (q | k | v) rows: (3, heads, d * in) -> (heads,)
             heads += v.reshape(3, shape.heads, -1).sum((0, 2)).double().cpu()
-        for name, p in groups["head_cols"]:
-            heads += _col_sums(values(name, p), shape.heads, layout.conv1d).double().cpu()
+        for v in each("head_cols"):
+            heads += _col_sums(v, shape.heads, layout.conv1d).double().cpu()
     if shape.ffn:
-        for name, p in groups["neuron_rows"]:
-            neurons += _row_sums(values(name, p), shape.ffn, layout.conv1d).double().cpu()
-        for name, p in groups["neuron_cols"]:
-            neurons += _col_sums(values(name, p), shape.ffn, layout.conv1d).double().cpu()
+        for v in each("neuron_rows"):
+            neurons += _row_sums(v, shape.ffn, layout.conv1d).double().cpu()
+        for v in each("neuron_cols"):
+            neurons += _col_sums(v, shape.ffn, layout.conv1d).double().cpu()
     return heads, neurons
-
-

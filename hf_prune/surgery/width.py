@@ -3,6 +3,13 @@
 `prune_model` validates the whole request first and only then changes anything, so a bad request
 leaves the model untouched. Parameters keep their identity (their `.data` is replaced by a slice),
 so dtype, device, requires_grad and references held elsewhere survive.
+
+Models loaded with a `device_map`: weights on any real device are sliced where they are. A weight offloaded by
+accelerate (a meta tensor whose value an AlignDevicesHook loads for every forward pass) is read through its
+hook's weights map, sliced, and written back in place of the offloaded entry (`hf_prune.utils.write_offloaded`:
+into the offload folder for disk offload, in memory for CPU offload), and its meta tensor takes the new shape:
+the layer stays offloaded, smaller, and computes exactly as the same layer pruned in memory. A meta weight with
+no hook holding its value cannot be sliced: `prune_model` raises ValueError before changing anything.
 """
 
 from __future__ import annotations
@@ -16,18 +23,27 @@ import torch.nn as nn
 from ..architecture.config_entry import write_config_entry
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import LayerShape, layer_shape, layer_shapes
+from ..utils import materialized, offload_hook, offload_problem, read_offloaded, write_offloaded
 from .depth import as_layer_index, drop_layers, validate_layer_request
 
 # ----------------------------------------------------------------------------- weight slicing
 
 
-def _slice_param(param: nn.Parameter | None, dim: int, keep: torch.Tensor, state=None) -> None:
-    """Keep entries `keep` of `param` along `dim`, in place on the same Parameter, its grad and its optimizer state.
+def _slice_tensor(module: nn.Module, name: str, dim: int, keep: torch.Tensor, state=None) -> None:
+    """Keep entries `keep` of `module.<name>` along `dim`, in place on the same Parameter, its grad and optimizer state.
 
     `state` is an optimizer's `state` mapping (param -> {"exp_avg": ..., "step": ...}); every per-element
     tensor in it (same shape as the parameter) is sliced the same way, so Adam's moments keep matching.
+    A weight offloaded by accelerate (meta tensor, value in its hook's weights map, see `write_offloaded`) is
+    read through the hook, sliced, and written back into the weights map; the module stays offloaded.
+    A meta tensor with no hook (a skeleton being built by `load_pruned`) only changes shape.
     """
+    param = getattr(module, name, None)
     if param is None:
+        return
+    if param.device.type == "meta" and offload_hook(module) is not None:
+        value = read_offloaded(module, name)
+        write_offloaded(module, name, value.index_select(dim, keep.to(value.device)))
         return
     index = keep.to(param.device)
     if state is not None and param in state:
@@ -41,8 +57,8 @@ def _slice_param(param: nn.Parameter | None, dim: int, keep: torch.Tensor, state
 
 def slice_outputs(module: nn.Module, keep: torch.Tensor, conv1d: bool = False, state=None) -> None:
     """Keep output features `keep` of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
-    _slice_param(module.weight, 1 if conv1d else 0, keep, state)
-    _slice_param(getattr(module, "bias", None), 0, keep, state)
+    _slice_tensor(module, "weight", 1 if conv1d else 0, keep, state)
+    _slice_tensor(module, "bias", 0, keep, state)
     if conv1d:
         module.nf = len(keep)
     else:
@@ -51,11 +67,31 @@ def slice_outputs(module: nn.Module, keep: torch.Tensor, conv1d: bool = False, s
 
 def slice_inputs(module: nn.Module, keep: torch.Tensor, conv1d: bool = False, state=None) -> None:
     """Keep input features `keep` of a Linear or Conv1D (the bias is per output and stays)."""
-    _slice_param(module.weight, 0 if conv1d else 1, keep, state)
+    _slice_tensor(module, "weight", 0 if conv1d else 1, keep, state)
     if conv1d:
         module.nx = len(keep)
     else:
         module.in_features = len(keep)
+
+
+def check_writable(model: nn.Module, layer_indices: Iterable[int]) -> None:
+    """ValueError, before anything changes, when a projection weight of these layers cannot be sliced.
+
+    Weights on a real device can; an offloaded weight (meta tensor) can when its accelerate hook holds the
+    value in a writable weights map; a meta weight with no hook cannot (there is nothing to slice).
+    """
+    layout = get_layout(model)
+    layers = get_layers(model, layout)
+    paths = [layout.q, layout.k, layout.v, layout.qkv, layout.o, layout.up, layout.gate, layout.down]
+    for idx in layer_indices:
+        for path in paths:
+            if path is None:
+                continue
+            module = get_submodule(layers[idx], path)
+            for name in ("weight", "bias"):
+                problem = offload_problem(module, name)
+                if problem is not None:
+                    raise ValueError(f"cannot prune layer {idx}: its {path}.{name} {problem}. Nothing was changed")
 
 
 def head_columns(heads: Iterable[int], head_dim: int) -> torch.Tensor:
@@ -77,8 +113,10 @@ def _bias_output(proj: nn.Module, conv1d: bool, hidden_states: torch.Tensor) -> 
     """What a projection with no input features returns: its bias (or zeros), shape (B, T, out)."""
     width = proj.weight.shape[1] if conv1d else proj.weight.shape[0]
     out = hidden_states.new_zeros(*hidden_states.shape[:-1], width)  # (B, T, out)
-    bias = getattr(proj, "bias", None)
-    return out + bias if bias is not None else out
+    if getattr(proj, "bias", None) is None:
+        return out
+    with materialized(proj):  # an offloaded projection is never called here, so load its bias through its hook
+        return out + proj.bias.to(out.device)
 
 
 def _empty_attention_forward(
@@ -247,11 +285,15 @@ def prune_model(
     The per-layer widths are recorded in `model.config.hf_prune`, so `save_pretrained` carries them.
     optimizer: its per-parameter state (e.g. Adam's exp_avg, exp_avg_sq) is sliced the same way, so training
     goes on in the smaller network with the same Parameter objects.
+    Models loaded with a `device_map` work: weights are sliced on their own devices, and weights offloaded by
+    accelerate (CPU or disk) are read through their hook, sliced and written back as offloaded entries
+    (`hf_prune.utils.write_offloaded`); a weight on the meta device with no hook raises ValueError first.
     """
     layout = get_layout(model)
     cuts = plan_cuts(model, heads, neurons)
     layers_module = get_layers(model, layout)
     remove = validate_layer_request(layers, len(layers_module), cuts)
+    check_writable(model, cuts)
     state = optimizer.state if optimizer is not None else None
     kept = _original_heads(model)
     for idx, (keep_heads, keep_kv, keep_neurons) in cuts.items():
