@@ -15,12 +15,14 @@ from .importance.estimators import METHODS as IMPORTANCE_METHODS
 from .importance.layers import LAYER_METHODS as LAYER_IMPORTANCE_METHODS
 from .importance.layers import LayerScores, compute_layer_importance
 from .importance.scores import ImportanceScores
+from .pipeline.retrain_free import RetrainFreeResult, prune_retrain_free
 from .planning.budgets import plan_from_flops, plan_from_latency, plan_from_params, plan_from_sparsity
 from .planning.latency_model import LatencyTable
 from .planning.plan import PruningPlan
 from .recovery.mask_tuning import apply_mask_tuning, tune_masks
 from .recovery.moments import calibration_moments
 from .recovery.reselect import reconstruction_scores, reselect_units
+from .recovery.streaming import StreamingResult, stream_recover
 from .serialization.loading import load_pruned
 from .serialization.saving import save_pruned
 from .serialization.sparse import load_sparse, save_sparse
@@ -88,5 +90,9 @@ __all__ = [
     "save_pruned",
     "supported_model_types",
     "tune_masks",
+    "prune_retrain_free",
+    "RetrainFreeResult",
+    "stream_recover",
+    "StreamingResult",
     "write_config_entry",
 ]

@@ -96,7 +96,7 @@ def test_assets_are_not_in_the_library():
 
 # Bottom to top: a subpackage may import only those before it (the README's design section draws this graph).
 LAYERS = ["utils", "architecture", "surgery", "unstructured", "serialization", "importance", "planning", "recovery",
-          "deploy", "training", "cli"]
+          "deploy", "training", "pipeline", "cli"]
 
 
 @pytest.mark.parametrize("path", [p for p in _modules(PACKAGE) if p.parent != PACKAGE or p.name == "utils.py"],

@@ -134,22 +134,6 @@ def redirect_outputs(training_args) -> Outputs:
     return outputs
 
 
-def make_plan(scores, model, config: PruningConfig, latency_table=None):
-    """The PruningPlan of a latency budget (with its measured table), a FLOPs budget (counted at flops_seq_len)
-    or head/FFN sparsities; `structure` lets the budgets remove whole layers, `uniform` (in plan_constraints)
-    keeps every remaining layer at the same widths."""
-    from ..planning.budgets import plan_from_flops, plan_from_latency, plan_from_sparsity
-
-    if config.latency_reduction is not None:
-        return plan_from_latency(scores, model, latency_table, 1.0 - config.latency_reduction,
-                                 structure=config.structure, **config.plan_constraints())
-    if config.flops_reduction is not None:
-        return plan_from_flops(scores, model, flops_reduction=config.flops_reduction, seq_len=config.flops_seq_len,
-                               structure=config.structure, **config.plan_constraints())
-    return plan_from_sparsity(scores, config.head_sparsity, config.ffn_sparsity, scope=config.pruning_scope,
-                              **config.plan_constraints())
-
-
 def latency_table(job: Job):
     """The latency table a latency budget plans with: the model timed on this machine at a few widths (None
     without latency_reduction). Mode auto: decode for causal LMs, forward otherwise."""
@@ -165,79 +149,35 @@ def latency_table(job: Job):
                                  seq_len=config.flops_seq_len, repeats=job.cli.latency_repeats)
 
 
-def drop_weakest_layers(model, calibration, config: PruningConfig) -> list[int]:
-    """Remove the lowest-scoring layers (layer importance on the calibration batches) up to the config's layer
-    target; returns their original indices (empty without layer removal)."""
-    from ..architecture.config_entry import layer_history
-    from ..architecture.layouts import get_layers
-    from ..importance.layers import compute_layer_importance
-    from ..surgery.depth import drop_layers
-    from ..training.events import dense_layer_count, layers_due, lowest_layers
-
-    n = len(get_layers(model))
-    due = layers_due(config, dense_layers=dense_layer_count(model), alive=n, fraction=1.0) \
-        if config.removes_layers else 0
-    if not due:
-        return []
-    scores = compute_layer_importance(model, calibration, method=config.layer_importance, label_free=config.label_free)
-    drop = lowest_layers(scores, list(range(n)), due)
-    original, _ = layer_history(model.config, n)
-    drop_layers(model, drop)
-    return [original[i] for i in drop]
-
-
-def removed_original_layers_of(model, layers: list[int]) -> list[int]:
-    """Original indices (config.hf_prune) of the model's current layers `layers`."""
-    from ..architecture.config_entry import layer_history
-    from ..architecture.layouts import get_layers
-
-    original, _ = layer_history(model.config, len(get_layers(model)))
-    return [original[i] for i in layers]
-
-
 def prune_retrain_free(job: Job) -> dict:
     """Drop the weakest layers, then score the widths of the remaining ones on calibration data, plan (a budget
-    with --structure depth/joint may choose more layers), recover by least squares (or just cut), then
-    unstructured zeros.
+    with --structure depth/joint may choose more layers), recover by least squares layer by layer (or just cut),
+    then unstructured zeros: `hf_prune.prune_retrain_free` in dense mode.
 
     Layers go first, so width scores, the plan and the recovery statistics all see the model as it will be:
     recovery re-fits the remaining layers' kept units to the outputs those layers had (dense widths) after the
     layer removal, so it cannot bring back what a removed layer contributed.
     """
-    from ..importance.compute import compute_importance
-    from ..recovery.mask_tuning import apply_mask_tuning, tune_masks
-    from ..recovery.moments import calibration_moments
-    from ..recovery.reselect import reselect_units
-    from ..unstructured.magnitude import prune_unstructured
+    from ..pipeline.retrain_free import prune_retrain_free as run_pipeline
 
     config, model = job.config, job.model
     calibration = job.calibration()
-    removed_layers = drop_weakest_layers(model, calibration, config)
-    if removed_layers and not config.prunes_widths:  # depth only: no width scores, nothing to recover
-        if config.unstructured_sparsity:
-            prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
+    tables: list = []
+
+    def measured_table(_model):  # measured after the layer removal, on the model as it will be planned
+        tables.append(latency_table(job))
+        return tables[-1]
+
+    result = run_pipeline(model, calibration, config, mode="dense", latency_table=measured_table,
+                          seed=job.training.seed)
+    table = tables[-1] if tables else None
+    if result.plan is None:  # depth only
         return {"mode": "retrain-free", "schedule": None, "reselected": False, "recovery": None, "config": config,
-                "removed_layers": removed_layers}
-    scores = compute_importance(model, calibration, method=config.importance, label_free=config.label_free,
-                                seed=job.training.seed, layer_method=config.layer_method if config.plans_layers else None)
-    table = latency_table(job)
-    plan = make_plan(scores, model, config, table)
-    removed_layers += removed_original_layers_of(model, plan.layers)
-    reselected = config.mask_tuning and config.reconstruct == "weights" and config.reselect
-    if reselected:  # = tune_masks(..., "weights") on the re-chosen plan
-        moments = calibration_moments(model, calibration)
-        plan = reselect_units(model, plan, moments)
-        apply_mask_tuning(model, plan, moments, reconstruct="weights")
-    elif config.mask_tuning:
-        tune_masks(model, plan, calibration, reconstruct=config.reconstruct)
-    else:
-        plan.apply(model)
-    if config.unstructured_sparsity:
-        prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
-    return {"mode": "retrain-free", "schedule": None, "reselected": reselected,
-            "recovery": config.reconstruct if config.mask_tuning else None, "config": config,
-            "removed_layers": sorted(removed_layers), "predicted_latency": plan.metadata.get("latency"),
-            "latency_table": table.to_dict() if table is not None else None}
+                "removed_layers": result.removed_layers}
+    return {"mode": "retrain-free", "schedule": None, "reselected": result.reselected,
+            "recovery": result.recovery, "config": config,
+            "removed_layers": result.removed_layers, "predicted_latency": result.plan.metadata.get("latency"),
+            "latency_table": table.to_dict() if table is not None else None, "stages_s": result.seconds}
 
 
 def fine_tuning_schedule(config: PruningConfig, training_args, n_train: int) -> PruningConfig:

@@ -39,7 +39,8 @@ def inverse_spd(a: torch.Tensor) -> torch.Tensor:
 
 def unit_gram(moment: torch.Tensor, weight: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
     """Gram matrix <c_i, c_j> of per-unit contributions to a projection's output -> (units, units)."""
-    w = as_out_in(weight.detach(), conv1d).double().cpu()  # (out, units * width)
+    moment = moment.double()
+    w = as_out_in(weight.detach(), conv1d).to(moment.device, torch.float64)  # (out, units * width)
     full = moment * (w.t() @ w)  # (units * width, units * width)
     width = full.shape[0] // units
     return full.reshape(units, width, units, width).sum((1, 3))  # block sums
@@ -47,11 +48,11 @@ def unit_gram(moment: torch.Tensor, weight: torch.Tensor, units: int, conv1d: bo
 
 def least_squares_scales(gram: torch.Tensor, keep: list[int], ridge: float = 1e-6) -> torch.Tensor:
     """Scales s over the kept units minimising ||sum_kept s_i c_i - sum_all c_i||^2, given the units' Gram matrix."""
-    index = torch.as_tensor(keep, dtype=torch.long)
+    index = torch.as_tensor(keep, dtype=torch.long, device=gram.device)
     a = gram[index][:, index]  # (K, K)
     b = gram[index].sum(1)  # (K,): <c_i, sum_j c_j>
     scale = a.diagonal().mean().clamp_min(1e-30) * ridge
-    return solve_spd(a + scale * torch.eye(len(keep), dtype=a.dtype), b)
+    return solve_spd(a + scale * torch.eye(len(keep), dtype=a.dtype, device=a.device), b)
 
 
 def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, keep: list[int],
@@ -62,17 +63,19 @@ def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.
     dense projection (Linear (out, F) or Conv1D (F, out)); bias: its bias or None. keep: kept input features.
     Returns the new weight (out, K) as (out, in) and the new bias (out,) (None when there is no bias).
     """
-    features = torch.as_tensor(list(keep) + ([moment.shape[0] - 1] if bias is not None else []), dtype=torch.long)
-    w = as_out_in(weight.detach(), conv1d).double().cpu()  # (out, F)
+    moment = moment.double()  # solved in float64 on the moment's device, whatever the statistics' dtype
+    features = torch.as_tensor(list(keep) + ([moment.shape[0] - 1] if bias is not None else []), dtype=torch.long,
+                               device=moment.device)
+    w = as_out_in(weight.detach(), conv1d).to(moment.device, torch.float64)  # (out, F)
     if bias is not None:
-        w = torch.cat([w, bias.detach().double().cpu()[:, None]], 1)  # (out, F + 1)
+        w = torch.cat([w, bias.detach().to(moment.device, torch.float64)[:, None]], 1)  # (out, F + 1)
         m = moment
     else:
         m = moment[:-1, :-1]  # (F, F)
     a = m[features][:, features]  # (K', K')
     b = m[features] @ w.t()  # (K', out): <kept feature, dense output>
     scale = a.diagonal().mean().clamp_min(1e-30) * ridge if len(features) else 0.0
-    solution = solve_spd(a + scale * torch.eye(len(features), dtype=a.dtype), b).t()  # (out, K')
+    solution = solve_spd(a + scale * torch.eye(len(features), dtype=a.dtype, device=a.device), b).t()  # (out, K')
     if bias is None:
         return solution, None
     return solution[:, :-1], solution[:, -1]

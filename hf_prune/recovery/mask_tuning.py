@@ -40,40 +40,10 @@ from ..architecture.layouts import get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
 from ..planning.plan import PruningPlan
 from ..surgery.depth import drop_layers
+from ..utils import materialized
 from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
-from .moments import calibration_moments, check_moments, removed_layers
-
-
-def _write_projection(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, conv1d: bool) -> None:
-    """Overwrite a (pruned) Linear / Conv1D's weight, given as (out, in), and bias, keeping dtype and device."""
-    target = module.weight
-    target.data.copy_((weight.t() if conv1d else weight).to(target.device, target.dtype))
-    if bias is not None:
-        module.bias.data.copy_(bias.to(module.bias.device, module.bias.dtype))
-
-
-def _scale_columns(module: nn.Module, scales: torch.Tensor, width: int, conv1d: bool) -> None:
-    """Multiply each unit's `width` input columns of a Linear / Conv1D by its scale (in place)."""
-    per_column = scales.repeat_interleave(width)  # (units * width,)
-    weight = module.weight
-    per_column = per_column.to(weight.device, weight.dtype)
-    if conv1d:  # (in, out)
-        weight.data.mul_(per_column[:, None])
-    else:  # (out, in)
-        weight.data.mul_(per_column[None, :])
-
-
-RECONSTRUCT = ("scales", "weights")
-DEFAULT_RIDGE = {"scales": 1e-6, "weights": 1e-4}
-
-
-def _check_reconstruct(reconstruct: str, ridge: float | None) -> float:
-    if reconstruct not in RECONSTRUCT:
-        raise ValueError(f"reconstruct={reconstruct!r} is not supported: use one of {RECONSTRUCT}")
-    ridge = DEFAULT_RIDGE[reconstruct] if ridge is None else ridge
-    if not ridge >= 0:
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
-    return ridge
+from .moments import check_moments, removed_layers
+from .streaming import check_reconstruct, scale_columns, stream_recover, write_projection
 
 
 @torch.no_grad()
@@ -81,12 +51,15 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
                       reconstruct: str = "scales") -> dict[str, dict[int, torch.Tensor]]:
     """Prune `model` in place with `plan`, then recover each layer's output from the calibration `moments`.
 
+    `moments` hold every layer's statistics at once (reusable across plans); `tune_masks` / `stream_recover`
+    hold one layer's at a time.
+
     reconstruct: "scales" (one scale per kept unit, Kwon et al.) or "weights" (re-solve the kept input columns and
     bias of every output / down projection). Returns the scales ("scales") or {} entries ("weights"), keyed by
     the layers' indices before the plan. Layers the plan removes are neither solved nor need moments (None
     allowed); they are removed after the surviving layers are recovered.
     """
-    ridge = _check_reconstruct(reconstruct, ridge)
+    ridge = check_reconstruct(reconstruct, ridge)
     layout = get_layout(model)
     plan.check_model(model)
     removed = removed_layers(plan, model)
@@ -110,20 +83,20 @@ def _apply_scales(model, plan, layout, layers, o_moments, down_moments, ridge) -
         removed_neurons = set(plan.neurons.get(i, []))
         keep_heads = [h for h in range(shape.heads) if h not in removed_heads]
         keep_neurons = [n for n in range(shape.ffn) if n not in removed_neurons]
-        if removed_heads and keep_heads:
-            gram = unit_gram(o_moments[i][:-1, :-1], get_submodule(layer, layout.o).weight, shape.heads, layout.conv1d)
-            solved["heads"][i] = least_squares_scales(gram, keep_heads, ridge)
-        if removed_neurons and keep_neurons:
-            gram = unit_gram(down_moments[i][:-1, :-1], get_submodule(layer, layout.down).weight, shape.ffn,
-                             layout.conv1d)
-            solved["neurons"][i] = least_squares_scales(gram, keep_neurons, ridge)
+        for kind, path, moment, units, keep in (("heads", layout.o, o_moments[i], shape.heads, keep_heads),
+                                                ("neurons", layout.down, down_moments[i], shape.ffn, keep_neurons)):
+            if keep and len(keep) < units:
+                proj = get_submodule(layer, path)
+                with materialized(proj):  # offloaded weights are read through their accelerate hook
+                    gram = unit_gram(moment[:-1, :-1], proj.weight, units, layout.conv1d)
+                solved[kind][i] = least_squares_scales(gram, keep, ridge)
 
     plan.apply(model)
     for i, scales in solved["heads"].items():
         head_dim = layer_shape(layers[i], layout).head_dim
-        _scale_columns(get_submodule(layers[i], layout.o), scales, head_dim, layout.conv1d)
+        scale_columns(get_submodule(layers[i], layout.o), scales, head_dim, layout.conv1d)
     for i, scales in solved["neurons"].items():
-        _scale_columns(get_submodule(layers[i], layout.down), scales, 1, layout.conv1d)
+        scale_columns(get_submodule(layers[i], layout.down), scales, 1, layout.conv1d)
     return {kind: {i: s.float() for i, s in d.items()} for kind, d in solved.items()}
 
 
@@ -139,12 +112,14 @@ def _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_mo
         for path, moment, removed, keep in ((layout.o, o_moments[i], removed_heads, kept_columns),
                                             (layout.down, down_moments[i], removed_neurons, kept_neurons)):
             proj = get_submodule(layer, path)
-            bias = getattr(proj, "bias", None)
-            if removed and (keep or bias is not None):  # an emptied block without bias has nothing to fit
-                solved.append((i, path, *reconstruct_weights(moment, proj.weight, bias, keep, layout.conv1d, ridge)))
+            if removed and (keep or getattr(proj, "bias", None) is not None):  # an emptied block without bias: nothing
+                with materialized(proj):
+                    bias = getattr(proj, "bias", None)
+                    solved.append((i, path, *reconstruct_weights(moment, proj.weight, bias, keep, layout.conv1d,
+                                                                 ridge)))
     plan.apply(model)
     for i, path, weight, bias in solved:
-        _write_projection(get_submodule(layers[i], path), weight, bias, layout.conv1d)
+        write_projection(get_submodule(layers[i], path), weight, bias, layout.conv1d)
     return {"heads": {}, "neurons": {}}
 
 
@@ -167,9 +142,10 @@ def tune_masks(
     {"heads": {layer: (kept heads,)}, "neurons": {layer: (kept neurons,)}}, for layers that lost units
     (empty dicts for "weights"). Layers in `plan.layers` are skipped by the calibration pass and removed last
     (see the module docstring for what recovery cannot compensate after a layer is removed).
+
+    Layer by layer: this holds one layer's statistics at a time (`stream_recover(..., mode="dense")`) and gives
+    the result of `calibration_moments` + `apply_mask_tuning`, which hold every layer's statistics at once.
     """
-    ridge = _check_reconstruct(reconstruct, ridge)
-    plan.check_model(model)  # before the calibration pass
-    removed = removed_layers(plan, model)
-    moments = calibration_moments(model, dataloader, max_batches, skip_layers=removed)
-    return apply_mask_tuning(model, plan, moments, ridge, reconstruct)
+    result = stream_recover(model, plan, dataloader, mode="dense", reconstruct=reconstruct, ridge=ridge,
+                            max_batches=max_batches)
+    return {kind: dict(values) for kind, values in result.scales.items()}

@@ -31,6 +31,28 @@ def removed_layers(plan, model: nn.Module) -> list[int]:
     return validate_layer_request(plan.layers, len(get_layers(model)), set(plan.heads) | set(plan.neurons))
 
 
+def accumulate_moment(store: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor | None,
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Add [X 1]^T [X 1] of a projection's inputs `x` (..., F), over the real tokens of `mask` when it has one entry
+    per token, to `store` ((F + 1, F + 1) of `dtype` on x's device; a new one when None) and return it.
+
+    X^T X is accumulated in place (addmm into the top-left block), the column sums and the token count go to the
+    last row and column: no augmented copy of X is made."""
+    flat = x.detach().reshape(-1, x.shape[-1])  # (B*T, F)
+    if mask is not None and mask.numel() == flat.shape[0]:
+        flat = flat[mask.reshape(-1).to(flat.device).bool()]  # (N, F): real tokens only
+    flat = flat.to(dtype)
+    f = flat.shape[1]
+    if store is None:
+        store = torch.zeros(f + 1, f + 1, dtype=dtype, device=flat.device)
+    store[:f, :f].addmm_(flat.t(), flat)  # (F, F)
+    sums = flat.sum(0)  # (F,)
+    store[:f, f] += sums
+    store[f, :f] += sums
+    store[f, f] += flat.shape[0]
+    return store
+
+
 def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
                           skip: Collection[int] = ()) -> tuple[list, list]:
     """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens.
@@ -46,13 +68,11 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
 
     def hook_for(store: list, i: int):
         def hook(module, args):
-            x = args[0].detach()
-            flat = x.reshape(-1, x.shape[-1]).double()  # (B*T, F)
             mask = current.get("attention_mask")
-            if mask is not None and mask.numel() == flat.shape[0]:
-                flat = flat[mask.reshape(-1).to(flat.device).bool()]  # (N, F): real tokens only
-            flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)  # (N, F + 1): a constant feature last
-            store[i] += (flat.t() @ flat).cpu()  # (F + 1, F + 1)
+            if args[0].device == store[i].device:  # in place, as the layer-by-layer path accumulates
+                accumulate_moment(store[i], args[0], mask)
+            else:
+                store[i] += accumulate_moment(None, args[0], mask).cpu()  # (F + 1, F + 1)
 
         return hook
 
