@@ -42,6 +42,10 @@ class PruningConfig(JsonFile):
         "fraction of the dense layers' FLOPs to remove, in [0, 1), heads and neurons chosen jointly; FLOPs are "
         "counted for one sequence of flops_seq_len tokens (default: --max_seq_length on the command line, 128 in "
         "the callback). Give this or head_sparsity/ffn_sparsity, not both"))
+    params_reduction: float | None = field(default=None, metadata=_help(
+        "fraction of the dense layers' parameters to remove, in [0, 1), heads and neurons chosen jointly (the "
+        "LLM-pruning convention: hf_prune.plan_from_params). Give one budget: this, flops_reduction, "
+        "latency_reduction or head_sparsity/ffn_sparsity"))
     layer_sparsity: float = field(default=0.0, metadata=_help(
         "fraction of the dense model's transformer layers to remove whole, in [0, 1); rounded to a count, at least "
         "one layer remains. Width targets then apply to the remaining layers"))
@@ -133,9 +137,10 @@ class PruningConfig(JsonFile):
 
     def validate(self) -> None:
         """One ValueError naming the first bad field and what it accepts."""
-        for name in ("head_sparsity", "ffn_sparsity", "unstructured_sparsity", "flops_reduction", "latency_reduction"):
+        budgets = ("flops_reduction", "latency_reduction", "params_reduction")
+        for name in ("head_sparsity", "ffn_sparsity", "unstructured_sparsity", *budgets):
             value = getattr(self, name)
-            if value is None and name in ("flops_reduction", "latency_reduction"):
+            if value is None and name in budgets:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
@@ -144,6 +149,10 @@ class PruningConfig(JsonFile):
         if self.latency_reduction is not None and (self.head_sparsity or self.ffn_sparsity
                                                    or self.flops_reduction is not None):
             raise ValueError("give latency_reduction, flops_reduction or head_sparsity/ffn_sparsity, only one")
+        if self.params_reduction is not None and (self.head_sparsity or self.ffn_sparsity or any(
+                getattr(self, name) is not None for name in ("flops_reduction", "latency_reduction"))):
+            raise ValueError("give params_reduction, latency_reduction, flops_reduction or head_sparsity/ffn_sparsity, "
+                             "only one")
         self._validate_layers()
         self._validate_structure()
         if not isinstance(self.uniform, bool):
@@ -180,10 +189,10 @@ class PruningConfig(JsonFile):
     def _validate_structure(self) -> None:
         if self.structure not in STRUCTURES or self.structure == "width":
             return  # an unknown value is reported with the other choices
-        budget = self.flops_reduction is not None or self.latency_reduction is not None
+        budget = self.budget is not None
         if not budget:
-            raise ValueError(f"structure={self.structure!r} chooses layers to meet a flops_reduction or "
-                             "latency_reduction budget: give one of them")
+            raise ValueError(f"structure={self.structure!r} chooses layers to meet a flops_reduction, "
+                             "params_reduction or latency_reduction budget: give one of them")
         if self.removes_layers:
             raise ValueError(f"structure={self.structure!r} chooses the layers itself: drop layer_sparsity / "
                              "num_layers_to_remove, or use structure='width' with them")
@@ -224,8 +233,15 @@ class PruningConfig(JsonFile):
     @property
     def prunes_widths(self) -> bool:
         """Are heads or FFN neurons removed (or layers chosen by a budget's planner)?"""
-        return bool(self.head_sparsity or self.ffn_sparsity or self.flops_reduction is not None
-                    or self.latency_reduction is not None)
+        return bool(self.head_sparsity or self.ffn_sparsity or self.budget is not None)
+
+    @property
+    def budget(self) -> str | None:
+        """Which joint budget is set: "flops_reduction", "params_reduction", "latency_reduction" or None."""
+        for name in ("flops_reduction", "params_reduction", "latency_reduction"):
+            if getattr(self, name) is not None:
+                return name
+        return None
 
     @property
     def from_training_gradients(self) -> bool:

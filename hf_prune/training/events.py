@@ -23,7 +23,8 @@ from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
 from ..importance.layers import LayerScores
 from ..importance.scores import ImportanceScores
-from ..planning.budgets import plan_from_flops, plan_from_sparsity
+from ..planning.budgets import plan_from_flops, plan_from_params, plan_from_sparsity
+from ..planning.costs import ParamsCost
 from ..planning.plan import PruningPlan
 from ..unstructured.magnitude import sparsity_report
 from .config import PruningConfig
@@ -42,7 +43,17 @@ def dense_totals(model: nn.Module, seq_len: int) -> dict:
     shapes = layer_shapes(model)
     n, hidden, gated = dense_layer_count(model), model.config.hidden_size, get_layout(model).gate is not None
     flops = n * layer_flops(hidden, base["heads"], base["kv_heads"], shapes[0].head_dim, base["ffn"], seq_len, gated)
-    return {"layers": n, "heads": n * base["heads"], "ffn": n * base["ffn"], "flops": flops}
+    return {"layers": n, "heads": n * base["heads"], "ffn": n * base["ffn"], "flops": flops,
+            "layer_params": n * dense_layer_params(model, base)}
+
+
+def dense_layer_params(model: nn.Module, base: dict) -> int:
+    """Parameters of one dense layer (the widest current layer's per-unit counts at the dense widths `base`)."""
+    cost = ParamsCost.from_model(model)
+    shapes = layer_shapes(model)
+    widest = max(range(len(shapes)), key=lambda i: (shapes[i].heads > 0 and shapes[i].ffn > 0,
+                                                    shapes[i].heads + shapes[i].ffn))
+    return cost.layer(widest, base["heads"], base["kv_heads"], base["ffn"])
 
 
 def layers_due(config: PruningConfig, *, dense_layers: int, alive: int, fraction: float) -> int:
@@ -115,6 +126,9 @@ def plan_event(scores: ImportanceScores, model: nn.Module, config: PruningConfig
         if config.flops_reduction is not None:
             target = dense["flops"] * share * (1.0 - config.flops_reduction * fraction)
             plan = plan_from_flops(scores, view, max_flops=target, seq_len=seq_len, **constraints, removed=removed)
+        elif config.params_reduction is not None:
+            target = dense["layer_params"] * share * (1.0 - config.params_reduction * fraction)
+            plan = plan_from_params(scores, view, max_params=round(target), **constraints, removed=removed)
         else:
             shapes = layer_shapes(view)
             heads = removal_fraction(config.head_sparsity, fraction, round(dense["heads"] * share),
