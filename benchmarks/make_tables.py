@@ -480,6 +480,48 @@ def uniform() -> str:
                      "vanilla `from_pretrained`"], body))
 
 
+def prune_time() -> str:
+    """benchmarks/results/prune_time.json (bench_prune_time.py): MiniLM retrain-free prune time per stage."""
+    d = load("prune_time.json")
+    stages = [("scoring_s", "scoring"), ("recovery_statistics_s", "statistics"), ("recovery_reselect_s", "re-selection"),
+              ("recovery_solve_s", "solve + surgery"), ("total_s", "total")]
+    body = []
+    for r in d["rows"]:
+        m = r["median_s"]
+        verdict = "PASS" if m["total_s"] <= d["target_s"] else "MISS"
+        body.append(["with re-selection" if r["reselect"] else "without re-selection",
+                     *[f"{m[k]:.1f}" for k, _ in stages], f"{r['accuracy']:.3f}", f"**{verdict}**"])
+    load_cores = max(run["other_load_cores"] for r in d["rows"] for run in r["runs"])
+    return (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}; other load at most "
+            f"{load_cores:.2f} cores). Medians of {len(d['rows'][0]['runs'])} runs, seconds after tokenisation; "
+            f"target ≤ {d['target_s']:.0f} s. Dense accuracy {d['dense']['accuracy']:.3f} on "
+            f"{d['dense']['validation_sentences']} validation sentences.\n\n"
+            + table(["path", *[name for _, name in stages], "accuracy", "≤ target"], body))
+
+
+def reselect() -> str:
+    """benchmarks/results/reselect.json (bench_reselect.py): greedy OBS re-selection, before and after issue 15."""
+    d = load("reselect.json")
+    body = []
+    for r in d["rows"]:
+        if "baseline_median_s" in r:
+            old, cpu_old = f"{r['baseline_median_s']:.1f}", r.get("baseline_cpu_median_s")
+            wall, cpu = f"x{r['speedup']:.1f}", r.get("cpu_speedup")
+        else:
+            old, cpu_old = f"> {r['baseline_unfinished_after_s']:.0f} (stopped)", r["baseline_unfinished_after_cpu_s"]
+            wall, cpu = f"≥ x{r['speedup_at_least']:.1f}", r["cpu_speedup_at_least"]
+        cpu_text = "–" if cpu is None else (f"≥ x{cpu:.1f}" if "baseline_unfinished_after_s" in r else f"x{cpu:.1f}")
+        body.append([f"{r['width']} (out {r['out']})", str(r["removed"]), old,
+                     "–" if cpu_old is None else f"{cpu_old:.0f}", f"{r['new_median_s']:.1f}",
+                     "–" if r.get("new_cpu_median_s") is None else f"{r['new_cpu_median_s']:.0f}", wall, cpu_text,
+                     ("yes" if r["same_selection"] else "no") if "same_selection" in r else "before unfinished"])
+    return ("Recorded by the commands in `benchmarks/results/reselect.json` (`setup.commands`) on a shared 2-core "
+            "machine with other jobs running, 1 torch thread; wall seconds are medians, CPU seconds the process's "
+            "own.\n\n"
+            + table(["FFN width", "removed", "before (s)", "before CPU s", "after (s)", "after CPU s", "speedup (wall)",
+                     "speedup (CPU)", "same units"], body))
+
+
 def depth_summary_rows() -> list[list[str]]:
     """README rows from benchmarks/results/depth.json: width vs depth at 20% on SmolLM2, and the latency planner."""
     d = load("depth.json")
@@ -632,6 +674,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "gguf": gguf_table,
     "gguf-targets": gguf_targets,
     "uniform": uniform,
+    "prune-time": prune_time,
+    "reselect": reselect,
     "onnx": onnx_table,
 }
 
@@ -639,7 +683,7 @@ FILES: dict[Path, tuple[str, ...]] = {
     RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
                  "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
-                 "onnx", "uniform"),
+                 "onnx", "uniform", "prune-time", "reselect"),
     README_MD: ("results-at-a-glance",),
 }
 
