@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from memory import PeakRSS  # noqa: E402
 from provenance import command_line, machine_info, now_utc  # noqa: E402
 
 SHAPES = {  # name -> (hidden, query heads, key/value heads, FFN width, layers of the whole model)
@@ -49,35 +48,6 @@ STAGES = ("statistics", "reselect", "recovery")
 TOKEN_STAGES = ("statistics",)  # the only stage whose work grows with the calibration tokens
 # One 80 GB GPU (A100 80GB data sheet): sustained fractions are assumptions, stated in the JSON.
 GPU = {"name": "A100 80GB", "fp32_tflops": 19.5, "tf32_tflops": 156.0, "fp64_tflops": 19.5, "efficiency": 0.5}
-
-
-class PeakRSS:
-    """Resident memory sampled every 5 ms in a thread; `mark()` starts a new stage, `peak_since_mark()` reads it."""
-
-    def __init__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.base = self.rss()
-        self.peak = self.base
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.005)
-
-    def mark(self):
-        self.base = self.rss()
-        self.peak = self.base
-
-    def peak_since_mark(self) -> int:
-        self.peak = max(self.peak, self.rss())
-        return self.peak - self.base
 
 
 def build(shape: str):
@@ -126,7 +96,7 @@ def run_one(shape: str, n_batches: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     model = build(shape)
     plan = random_plan(model)
-    meter = PeakRSS()
+    meter = PeakRSS(interval=0.005)
     out: dict = {"shape": shape, "batches": n_batches, "tokens": n_batches * TOKENS_PER_BATCH}
     for stage in STAGES:
         meter.mark()
@@ -137,9 +107,10 @@ def run_one(shape: str, n_batches: int, threads: int) -> dict:
             plan = reselect_units(model, plan, moments)
         else:
             apply_mask_tuning(model, plan, moments, reconstruct="weights")
-        out[stage] = {"seconds": time.perf_counter() - start, "peak_extra_gib": meter.peak_since_mark() / 2**30}
-    meter.stop = True
-    out["peak_rss_gib"] = meter.peak / 2**30
+        out[stage] = {"seconds": time.perf_counter() - start, "peak_extra_gib": meter.peak_since_mark() / 2**30,
+                      "peak_rss_gib": meter.peak / 2**30}
+    meter.stop()
+    out["peak_rss_gib"] = max(out[stage]["peak_rss_gib"] for stage in STAGES)
     out["statistics_bytes"] = sum(m.numel() * m.element_size() for pair in moments for m in pair if m is not None)
     return out
 

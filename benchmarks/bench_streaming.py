@@ -29,7 +29,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,26 +38,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from memory import PeakRSS, rss  # noqa: E402
+
 VARIANTS = ("one-pass", "streaming-dense", "streaming-sequential")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * PAGE
-
-
-class PeakSampler(threading.Thread):
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak, self.running = rss(), True
-
-    def run(self):
-        while self.running:
-            self.peak = max(self.peak, rss())
-            time.sleep(0.001)
-
-
 def setting(args) -> str:
     return (f"calib {args.calib_windows}|stats {args.moment_windows}|eval {args.eval_windows}|window {args.window}|"
             f"layers {args.layers}|params {args.params_reduction}")
@@ -120,8 +102,7 @@ def one(args) -> dict:
     dense_params = count_parameters(model, layers_only=True)
     before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     before = rss()
-    sampler = PeakSampler()
-    sampler.start()
+    sampler = PeakRSS()
     start = time.perf_counter()
     if args.variant == "one-pass":
         moments = calibration_moments(model, stats)
@@ -132,8 +113,7 @@ def one(args) -> dict:
         mode = args.variant.split("-")[1]
         stream_recover(model, plan, stats, mode=mode, reconstruct="weights", reselect=True)
     seconds = time.perf_counter() - start
-    sampler.running = False
-    sampler.join()
+    sampler.stop()
     after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = max(sampler.peak, after_max if after_max > before_max else 0) - before
     return {"variant": args.variant, "slice": args.slice, "perplexity": perplexity(model, eval_b),

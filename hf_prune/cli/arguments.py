@@ -20,19 +20,25 @@ from .preset import read_preset
 
 
 @dataclass
-class ModelArguments:
-    """Which model to prune, and how the model card names it."""
+class HubModelArguments:
+    """Which model to prune, its Hub revision and token, and how the model card names it (both command lines)."""
 
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Hub id or local folder of the model to prune (a checkpoint pruned by hf_prune works too)"})
     tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer Hub id or folder (default: the model's)"})
     revision: str = field(default="main", metadata={"help": "Hub revision of the model and tokenizer"})
     token: str | None = field(default=None, metadata={"help": "Hub token for private models"})
-    ignore_mismatched_sizes: bool = field(default=False, metadata={
-        "help": "re-initialise a task head whose label count differs (unpruned checkpoints only, as run_glue)"})
     base_model_id: str | None = field(default=None, metadata={
         "help": "Hub id the model card names as base_model when --model_name_or_path is a local folder (default: "
                 "the Hub id itself, or a known offline asset's original id; else base_model is left out)"})
+
+
+@dataclass
+class ModelArguments(HubModelArguments):
+    """The GLUE command line's model: a sequence classifier, whose task head may be re-initialised."""
+
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "re-initialise a task head whose label count differs (unpruned checkpoints only, as run_glue)"})
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from ..training.config import PruningConfig
-from .arguments import ArgumentParser, HelpFormatter, as_flags, preset_name
+from .arguments import ArgumentParser, HelpFormatter, HubModelArguments, as_flags, preset_name
 
 PROG = "prune_lm"
 HEALING = ("none", "distill", "full", "lora", "gradual")
@@ -24,20 +24,12 @@ TABLE_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
 @dataclass
-class LMModelArguments:
-    """Which causal language model to prune, and how the model card names it."""
+class LMModelArguments(HubModelArguments):
+    """Which causal language model to prune (a GGUF file too), and how the model card names it."""
 
-    model_name_or_path: str | None = field(default=None, metadata={
-        "help": "Hub id or local folder of the causal LM to prune (a checkpoint pruned by hf_prune works too)"})
     gguf_file: str | None = field(default=None, metadata={
         "help": "a GGUF file inside --model_name_or_path: loaded (dequantised) as transformers does, then copied into "
                 "a plain model so that the pruned result saves normally"})
-    tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer Hub id or folder (default: the model's)"})
-    revision: str = field(default="main", metadata={"help": "Hub revision of the model and tokenizer"})
-    token: str | None = field(default=None, metadata={"help": "Hub token for private models"})
-    base_model_id: str | None = field(default=None, metadata={
-        "help": "Hub id the model card names as base_model when --model_name_or_path is a local folder (default: "
-                "the Hub id itself; else base_model is left out)"})
 
 
 @dataclass
