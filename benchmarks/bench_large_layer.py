@@ -87,8 +87,9 @@ def random_plan(model):
     return PruningPlan({0: sorted(heads)}, {0: neurons}, {"rule": "random, seeded"})
 
 
-def run_one(shape: str, n_batches: int, threads: int) -> dict:
-    """The three stages on one layer (in this process); seconds and peak extra resident memory per stage."""
+def run_one(shape: str, n_batches: int, threads: int, stages: tuple[str, ...] = STAGES) -> dict:
+    """The stages on one layer (in this process); seconds and peak extra resident memory per stage. Re-selection
+    and recovery need the statistics stage before them."""
     import torch
 
     from hf_prune import apply_mask_tuning, calibration_moments, reselect_units
@@ -98,7 +99,7 @@ def run_one(shape: str, n_batches: int, threads: int) -> dict:
     plan = random_plan(model)
     meter = PeakRSS(interval=0.005)
     out: dict = {"shape": shape, "batches": n_batches, "tokens": n_batches * TOKENS_PER_BATCH}
-    for stage in STAGES:
+    for stage in stages:
         meter.mark()
         start = time.perf_counter()
         if stage == "statistics":
@@ -110,7 +111,7 @@ def run_one(shape: str, n_batches: int, threads: int) -> dict:
         out[stage] = {"seconds": time.perf_counter() - start, "peak_extra_gib": meter.peak_since_mark() / 2**30,
                       "peak_rss_gib": meter.peak / 2**30}
     meter.stop()
-    out["peak_rss_gib"] = max(out[stage]["peak_rss_gib"] for stage in STAGES)
+    out["peak_rss_gib"] = max(out[stage]["peak_rss_gib"] for stage in stages)
     out["statistics_bytes"] = sum(m.numel() * m.element_size() for pair in moments for m in pair if m is not None)
     return out
 
@@ -145,6 +146,7 @@ def fit(rows: list[dict], stage: str) -> tuple[float, float]:
 
     Only the statistics stage sees the tokens; re-selection and recovery work on the (F + 1)^2 moments alone, so
     their b is 0 by construction and a is their mean time (a slope fitted to their noise would be meaningless)."""
+    rows = [r for r in rows if stage in r]
     xs = [r["tokens"] for r in rows]
     ys = [r[stage]["seconds"] for r in rows]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -167,7 +169,7 @@ def summarise(shape: str, rows: list[dict], target_tokens: int) -> dict:
         "shape": shape, "layers": layers, "target_tokens": target_tokens, "fit": per_layer,
         "cpu_hours_per_layer": cpu_layer / 3600, "cpu_hours_model": cpu_layer * layers / 3600,
         "gpu_seconds_per_layer": gpu, "gpu_hours_model": sum(gpu.values()) * layers / 3600,
-        "peak_extra_gib": max(r[s]["peak_extra_gib"] for r in rows for s in STAGES),
+        "peak_extra_gib": max(r[s]["peak_extra_gib"] for r in rows for s in STAGES if s in r),
         "peak_rss_gib": max(r["peak_rss_gib"] for r in rows),
     }
 
@@ -182,10 +184,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--cache", type=Path, default=HERE / "cache")
-    p.add_argument("--one", nargs=2, metavar=("SHAPE", "BATCHES"), help=argparse.SUPPRESS)  # subprocess entry
+    p.add_argument("--all-stages-every-size", action="store_true",
+                   help="also time re-selection and recovery at every calibration size (by default only at the largest:"
+                        " they work on the moments alone, so their time does not depend on the tokens)")
+    p.add_argument("--one", nargs=3, metavar=("SHAPE", "BATCHES", "STAGES"), help=argparse.SUPPRESS)  # subprocess
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.threads)))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.threads, tuple(args.one[2].split(",")))))
         return
     shapes = ["quick"] if args.quick else args.shapes
     results = args.cache / "quick" if args.quick else args.results
@@ -197,9 +202,11 @@ def main(argv=None):
             key = f"{shape}|{n}"
             if key in runs:
                 continue
-            print(f"{shape}: {n} x {TOKENS_PER_BATCH} tokens ...", flush=True)
-            done = subprocess.run([sys.executable, __file__, "--one", shape, str(n), "--threads", str(args.threads)],
-                                  check=True, capture_output=True, text=True)
+            every = args.all_stages_every_size or n == max(args.batches[shape])
+            stages = ",".join(STAGES if every else TOKEN_STAGES)
+            print(f"{shape}: {n} x {TOKENS_PER_BATCH} tokens, {stages} ...", flush=True)
+            done = subprocess.run([sys.executable, __file__, "--one", shape, str(n), stages, "--threads",
+                                   str(args.threads)], check=True, capture_output=True, text=True)
             runs[key] = json.loads(done.stdout.strip().splitlines()[-1])
             print(json.dumps(runs[key]), flush=True)
             runs_path.write_text(json.dumps(runs, indent=1))

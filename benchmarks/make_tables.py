@@ -522,6 +522,35 @@ def reselect() -> str:
                      "speedup (CPU)", "same units"], body))
 
 
+def large_layer() -> str:
+    """benchmarks/results/large_layer.json (bench_large_layer.py): per-stage time and memory of one real-width layer."""
+    d = load("large_layer.json")
+    setup = d["setup"]
+    runs = []
+    for r in d["runs"]:
+        for stage in ("statistics", "reselect", "recovery"):
+            if stage in r:
+                runs.append([r["shape"], f"{r['batches']} x {setup['tokens_per_batch']}", stage,
+                             f"{r[stage]['seconds']:.1f}", f"{r[stage]['peak_extra_gib']:.2f}",
+                             f"{r[stage]['peak_rss_gib']:.2f}"])
+    fits = []
+    for summary in d["summary"]:
+        fit = summary["fit"]
+        fits.append([summary["shape"], f"{summary['target_tokens']:,}",
+                     *[f"{fit[s]['seconds_at_target']:.0f}" for s in ("statistics", "reselect", "recovery")],
+                     f"{summary['cpu_hours_per_layer']:.2f}", f"{summary['layers']}",
+                     f"{summary['cpu_hours_model']:.1f}", f"{summary['gpu_hours_model'] * 60:.1f}"])
+    gpu = setup["gpu"]
+    return (f"Recorded by `{setup['command']}` on {setup['date'][:10]} ({machine_text(setup['machine'])}). "
+            f"{setup['weights']}; plan: {setup['plan']}.\n\n"
+            + table(["layer shape", "calibration tokens", "stage", "seconds", "peak extra GiB", "peak RSS GiB"], runs)
+            + "\n\nFitted seconds = a + b x tokens (statistics; re-selection and recovery do not depend on the tokens), "
+            f"extrapolated; GPU: {setup['gpu_formula']}, {gpu['name']} at {gpu['efficiency']:.0%} of "
+            f"{gpu['fp32_tflops']} (fp32) / {gpu['fp64_tflops']} (fp64) TFLOP/s, an estimate, not a measurement.\n\n"
+            + table(["layer shape", "tokens", "statistics s", "re-selection s", "recovery s", "CPU h per layer",
+                     "layers", "CPU h whole model", "GPU min whole model (est.)"], fits))
+
+
 def depth_summary_rows() -> list[list[str]]:
     """README rows from benchmarks/results/depth.json: width vs depth at 20% on SmolLM2, and the latency planner."""
     d = load("depth.json")
@@ -676,6 +705,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "uniform": uniform,
     "prune-time": prune_time,
     "reselect": reselect,
+    "large-layer": large_layer,
     "onnx": onnx_table,
 }
 
@@ -683,7 +713,7 @@ FILES: dict[Path, tuple[str, ...]] = {
     RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
                  "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
-                 "onnx", "uniform", "prune-time", "reselect"),
+                 "onnx", "uniform", "prune-time", "reselect", "large-layer"),
     README_MD: ("results-at-a-glance",),
 }
 
