@@ -108,22 +108,29 @@ def preset_name(argv: list[str]) -> str | None:
     return early.parse_known_args(argv)[0].preset
 
 
-def parse_args(argv: list[str] | None = None) -> tuple:
-    """(ModelArguments, DataArguments, PruningConfig, CliArguments, TrainingArguments) from the command line."""
+def parse_with_preset(parser, argv: list[str] | None, read, dataclasses: tuple) -> tuple:
+    """The parser's dataclasses from `argv` (default sys.argv), with a --preset's values (`read(name)`) as defaults:
+    explicit flags, before or after --preset, win. ValueError for a preset setting unknown options, and for
+    PruningConfig errors (field names written as flags)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     name = preset_name(argv)
     if name is not None:
-        values = read_preset(name)
-        known = {f.name for dtype in DATACLASSES for f in fields(dtype)}
+        values = read(name)
+        known = {f.name for dtype in dataclasses for f in fields(dtype)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"preset {name!r} sets unknown options {unknown}")
-        parser.set_defaults(**values)  # explicit flags, before or after --preset, win
+        parser.set_defaults(**values)
     try:
-        model_args, data_args, config, cli_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        return tuple(parser.parse_args_into_dataclasses(args=argv))
     except ValueError as err:
         raise ValueError(as_flags(str(err))) from None
+
+
+def parse_args(argv: list[str] | None = None) -> tuple:
+    """(ModelArguments, DataArguments, PruningConfig, CliArguments, TrainingArguments) from the command line."""
+    model_args, data_args, config, cli_args, training_args = parse_with_preset(build_parser(), argv, read_preset,
+                                                                                DATACLASSES)
     if config.flops_seq_len is None:
         config = config.replace(flops_seq_len=data_args.max_seq_length)
     return model_args, data_args, config, cli_args, training_args

@@ -8,14 +8,13 @@ live in `LM_PRESETS` below. Bad input raises one ValueError/OSError; `lm.main` p
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainingArguments
 
 from ..training.config import PruningConfig
-from .arguments import ArgumentParser, HelpFormatter, HubModelArguments, as_flags, preset_name
+from .arguments import ArgumentParser, HelpFormatter, HubModelArguments, as_flags, parse_with_preset
 
 PROG = "prune_lm"
 HEALING = ("none", "distill", "full", "lora", "gradual")
@@ -139,18 +138,9 @@ def parse_lm_args(argv: list[str] | None = None) -> tuple:
 
     The healing mode decides `retrain_free` (every mode but gradual prunes retrain-free first).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    name = preset_name(argv)
-    if name is not None:
-        values = read_lm_preset(name)
-        known = {f.name for dtype in DATACLASSES for f in fields(dtype)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"preset {name!r} sets unknown options {unknown}")
-        parser.set_defaults(**values)
+    model_args, data_args, config, lm_args, training_args = parse_with_preset(build_parser(), argv, read_lm_preset,
+                                                                               DATACLASSES)
     try:
-        model_args, data_args, config, lm_args, training_args = parser.parse_args_into_dataclasses(args=argv)
         config = config.replace(retrain_free=lm_args.healing != "gradual")
     except ValueError as err:
         raise ValueError(as_flags(str(err))) from None
