@@ -1,4 +1,5 @@
-"""Regenerate every table of benchmarks/RESULTS.md and README's "Results at a glance" from benchmarks/results/*.json.
+"""Regenerate every table of benchmarks/RESULTS.md and README's "Results at a glance" from benchmarks/results/*.json,
+and README's list of supported model types from `hf_prune.supported_model_types()`.
 
     .venv/bin/python benchmarks/make_tables.py           # rewrite the generated regions in place
     .venv/bin/python benchmarks/make_tables.py --check   # exit 1 (and print a diff) if a region is out of date
@@ -10,8 +11,9 @@ Only the text between
     <!-- end generated: NAME -->
 
 is rewritten; the prose around it is written by hand. Every region comes from one function below, which
-reads only JSON files in benchmarks/results/ (each written by the benchmark command it names), so a
-number edited by hand inside a region is put back by the next run and fails tests/test_results_tables.py.
+reads only JSON files in benchmarks/results/ (each written by the benchmark command it names; the supported
+model types come from the package itself), so a number edited by hand inside a region is put back by the next
+run and fails tests/test_results_tables.py.
 Running this twice changes nothing.
 """
 
@@ -680,6 +682,23 @@ def readme_summary() -> str:
     return table(["what", "result", "data (`benchmarks/results/`)"], rows, [" --- ", " --- ", " --- "])
 
 
+# ----------------------------------------------------------------------------------------------- supported types
+
+
+def supported_types() -> str:
+    """README's list of supported model types, from `hf_prune.supported_model_types()` (no JSON: it is the code)."""
+    from transformers import AutoConfig
+
+    from hf_prune import get_layout, supported_model_types
+
+    by_family: dict[str, list[str]] = {}
+    for model_type in supported_model_types():
+        family = get_layout(AutoConfig.for_model(model_type)).family
+        by_family.setdefault(family, []).append(model_type)
+    lines = [f"- {family} layout: " + ", ".join(f"`{t}`" for t in types) for family, types in by_family.items()]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------- regions
 
 GENERATORS: dict[str, Callable[[], str]] = {
@@ -707,6 +726,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "reselect": reselect,
     "large-layer": large_layer,
     "onnx": onnx_table,
+    "supported-model-types": supported_types,
 }
 
 FILES: dict[Path, tuple[str, ...]] = {
@@ -714,7 +734,7 @@ FILES: dict[Path, tuple[str, ...]] = {
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
                  "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
                  "onnx", "uniform", "prune-time", "reselect", "large-layer"),
-    README_MD: ("results-at-a-glance",),
+    README_MD: ("supported-model-types", "results-at-a-glance"),
 }
 
 

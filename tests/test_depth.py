@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import DECODERS, GROUPED, TINY, make_inputs, make_model
+from tiny_models import DECODERS, GROUPED, TINY, make_inputs, make_inputs_for, make_model
 
 from hf_prune import PruningPlan, drop_layers, get_layout, layer_shapes, load_pruned, prune_model
 from hf_prune.architecture.config_entry import read_config_entry
@@ -43,8 +43,9 @@ def build(model_type: str, seed: int = 0, **config_changes):
     config = factory()
     for key, value in config_changes.items():
         setattr(config, key, value)
-    if isinstance(getattr(config, "layer_types", None), list):  # set at init for the old layer count
-        config.layer_types = [config.layer_types[0]] * config.num_hidden_layers
+    for key in ("layer_types", "no_rope_layers"):  # per-layer lists, set at init for the old layer count
+        if isinstance(getattr(config, key, None), list):
+            setattr(config, key, [getattr(config, key)[0]] * config.num_hidden_layers)
     if model_type not in DECODERS:
         config.num_labels = 3
     torch.manual_seed(seed)
@@ -114,7 +115,7 @@ def test_gpt2_inverse_layer_idx_scaling_keeps_the_original_index(tmp_path):
 @pytest.mark.parametrize("model_type", ENCODERS)
 def test_encoder_drop_reloads_identically_and_trains(model_type, tmp_path):
     model = make_model(model_type)
-    inputs = make_inputs()
+    inputs = make_inputs_for(model_type)
     drop_layers(model, [1])
     assert len(get_layers(model)) == 2 and model.config.num_hidden_layers == 2
     assert model.config.hf_prune["layers"] == [0, 2]
@@ -139,8 +140,8 @@ def test_encoder_drop_reloads_identically_and_trains(model_type, tmp_path):
 @pytest.mark.parametrize("model_type", sorted(TINY))
 def test_depth_only_model_loads_with_plain_from_pretrained(model_type, tmp_path):
     model = make_model(model_type)
-    inputs = make_inputs()
-    drop_layers(model, [0])
+    inputs = make_inputs_for(model_type)
+    drop_layers(model, [1] if get_layout(model).first_layer_differs else [0])  # ModernBERT's layer 0 stays
     model.save_pretrained(tmp_path)
     plain = type(model).from_pretrained(tmp_path).eval()
     assert len(get_layers(plain)) == 2

@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_surgery import request_for
-from tiny_models import TINY, make_inputs, make_model
+from tiny_models import TINY, make_inputs, make_inputs_for, make_model
 
 from hf_prune import get_layout, layer_shapes, load_pruned, prune_model
 
@@ -101,7 +101,7 @@ def draw_valid_request(data, model):
 @given(model_type=st.sampled_from(FAMILIES), data=st.data())
 def test_valid_requests_keep_the_model_runnable_and_reloadable(model_type, data):
     model = fresh(model_type)
-    inputs = make_inputs()
+    inputs = make_inputs_for(model_type)
     for _ in range(data.draw(st.integers(1, 2), label="rounds")):  # a second round composes on current indices
         heads, neurons, expected = draw_valid_request(data, model)
         prune_model(model, heads=heads, neurons=neurons)

@@ -137,7 +137,7 @@ CASES = {
     "healing_steps": (lambda d, t, tmp: ["--healing", "full"], "--max_steps"),
     "budgets": (lambda d, t, tmp: ["--flops_reduction", "0.2"], "only one"),
     "existing_output": (lambda d, t, tmp: [], "overwrite_output_dir"),
-    "unsupported_model": (None, "does not support model_type 'gpt_neox'"),
+    "unsupported_model": (None, "does not support model_type 'bloom'"),
     "lora_without_peft": (lambda d, t, tmp: ["--healing", "lora", "--max_steps", "2"], "pip install peft"),
 }
 
@@ -148,11 +148,10 @@ def test_bad_input_one_error_line_exit_2_nothing_written(case, tiny_lm, text, tm
     extra, message = CASES[case]
     model_dir = tiny_lm
     if case == "unsupported_model":  # only a config: it is rejected before any weights would load
-        from transformers import GPTNeoXConfig
+        from transformers import BloomConfig  # ALiBi slopes depend on the head index: not prunable exactly
 
-        model_dir = tmp_path / "neox"
-        GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37).save_pretrained(
-            model_dir)
+        model_dir = tmp_path / "bloom"
+        BloomConfig(hidden_size=32, n_layer=1, n_head=4).save_pretrained(model_dir)
         extra = lambda d, t, tmp: []  # noqa: E731
     if case == "existing_output":
         out.mkdir()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as tf
 from test_surgery import request_for
-from tiny_models import DECODERS, GROUPED, TINY, make_inputs, make_model
+from tiny_models import DECODERS, GROUPED, TINY, make_inputs, make_inputs_for, make_model
 
 from hf_prune import layer_shapes, load_pruned, prune_model
 
@@ -21,7 +21,7 @@ def test_save_then_load_pruned_gives_identical_logits(model_type, tmp_path):
     model = make_model(model_type)
     heads, neurons = request_for(model_type)
     prune_model(model, heads=heads, neurons=neurons)
-    inputs = make_inputs()
+    inputs = make_inputs_for(model_type)
     model.save_pretrained(tmp_path)
 
     saved = json.loads((tmp_path / "config.json").read_text())

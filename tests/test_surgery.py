@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import GROUPED, TINY, make_inputs, make_model
+from tiny_models import GROUPED, TINY, make_inputs, make_inputs_for, make_model
 
 from hf_prune import get_layout, layer_shapes, prune_model
 from hf_prune.architecture.layouts import get_layers, get_submodule
@@ -49,7 +49,7 @@ def logits(model, inputs):
 @pytest.mark.parametrize("model_type", sorted(TINY))
 def test_removing_silent_units_keeps_logits(model_type):
     model = make_model(model_type)
-    inputs = make_inputs()
+    inputs = make_inputs_for(model_type)
     heads, neurons = request_for(model_type)
     silence(model, heads, neurons)
     before = logits(model, inputs)

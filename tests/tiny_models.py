@@ -7,6 +7,14 @@ import transformers as tf
 
 VOCAB = 97
 
+
+def llama_sized(config_class, **extra):
+    """Config factory for a llama-named relative: 48 wide, 6 query heads over 2 key/value heads of 8, FFN 37."""
+    return lambda: config_class(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
+                                head_dim=8, intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64,
+                                bos_token_id=0, eos_token_id=0, pad_token_id=1, **extra)
+
+
 # model_type -> (config factory, task model class). Head size 8 everywhere; FFN width deliberately odd.
 TINY = {
     "bert": (lambda: tf.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
@@ -50,10 +58,80 @@ TINY = {
     "gemma": (lambda: tf.GemmaConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
                                      head_dim=8, intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64,
                                      bos_token_id=0, eos_token_id=0, pad_token_id=1), tf.GemmaForCausalLM),
+    # soft-capped attention and logits, alternating sliding/full layers (window 4 < the 9 test tokens)
+    "gemma2": (lambda: tf.Gemma2Config(hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                                       num_key_value_heads=2, head_dim=8, intermediate_size=37, vocab_size=VOCAB,
+                                       max_position_embeddings=64, sliding_window=4, query_pre_attn_scalar=8,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=1), tf.Gemma2ForCausalLM),
+    # per-head q/k norms, a full-attention layer between sliding ones
+    "gemma3_text": (lambda: tf.Gemma3TextConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                                                num_key_value_heads=2, head_dim=8, intermediate_size=37,
+                                                vocab_size=VOCAB, max_position_embeddings=64, sliding_window=4,
+                                                query_pre_attn_scalar=8, bos_token_id=0, eos_token_id=0,
+                                                pad_token_id=1,
+                                                layer_types=["sliding_attention", "full_attention",
+                                                             "sliding_attention"]), tf.Gemma3ForCausalLM),
+    # every second layer without rotary embeddings (NoPE)
+    "smollm3": (lambda: tf.SmolLM3Config(hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                                         num_key_value_heads=2, intermediate_size=37, vocab_size=VOCAB,
+                                         max_position_embeddings=64, no_rope_layer_interval=2, bos_token_id=0,
+                                         eos_token_id=0, pad_token_id=1), tf.SmolLM3ForCausalLM),
+    # llama-named relatives (one LAYOUTS line each): scaled residuals/logits, clipped qkv, parallel blocks, ...
+    "granite": (llama_sized(tf.GraniteConfig, attention_multiplier=0.2, residual_multiplier=0.5,
+                            embedding_multiplier=2.0, logits_scaling=4.0), tf.GraniteForCausalLM),
+    "olmo": (llama_sized(tf.OlmoConfig, clip_qkv=2.0), tf.OlmoForCausalLM),
+    "ministral": (llama_sized(tf.MinistralConfig, sliding_window=4), tf.MinistralForCausalLM),
+    "cohere2": (llama_sized(tf.Cohere2Config, sliding_window=4, layer_types=["sliding_attention", "full_attention",
+                                                                               "sliding_attention"]),
+                tf.Cohere2ForCausalLM),
+    "ernie4_5": (llama_sized(tf.Ernie4_5Config, use_bias=True), tf.Ernie4_5ForCausalLM),
+    "vaultgemma": (llama_sized(tf.VaultGemmaConfig, sliding_window=4, query_pre_attn_scalar=8), tf.VaultGemmaForCausalLM),
 }
 
-DECODERS = {"gpt2", "opt", "llama", "mistral", "qwen2", "qwen3", "gemma"}
-GROUPED = {"llama", "mistral", "qwen2", "qwen3", "gemma"}
+# fused projections (hf_prune.architecture.fused): q/k/v in one weight, and gate/up in one weight
+TINY.update({
+    # qkv_proj [q | k | v] with 6 query heads over 2 key/value heads, gate_up_proj [gate | up]; no head_dim key
+    "phi3": (lambda: tf.Phi3Config(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
+                                   intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64,
+                                   bos_token_id=0, eos_token_id=0, pad_token_id=1), tf.Phi3ForCausalLM),
+    # query_key_value per head [q_h k_h v_h], rotary on half of each head, parallel residual
+    "gpt_neox": (lambda: tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                          intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64,
+                                          rotary_pct=0.5, use_parallel_residual=True, bos_token_id=0,
+                                          eos_token_id=0), tf.GPTNeoXForCausalLM),
+    # Wqkv [q | k | v], GLU Wi [input | gate], global / local (window 2) / global attention, biases everywhere
+    "modernbert": (lambda: tf.ModernBertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                               intermediate_size=37, vocab_size=VOCAB, max_position_embeddings=64,
+                                               local_attention=4, global_attn_every_n_layers=2, attention_bias=True,
+                                               mlp_bias=True, pad_token_id=1, bos_token_id=0, eos_token_id=0,
+                                               cls_token_id=0, sep_token_id=0), tf.ModernBertForSequenceClassification),
+    # ModernBERT's fused GLU Wi with separate q/k/v, causal, global / local attention
+    "modernbert-decoder": (lambda: tf.ModernBertDecoderConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                              intermediate_size=37, vocab_size=VOCAB,
+                                                              max_position_embeddings=64, local_attention=4,
+                                                              global_attn_every_n_layers=2, attention_bias=True,
+                                                              mlp_bias=True, pad_token_id=1, bos_token_id=0,
+                                                              eos_token_id=0, cls_token_id=0, sep_token_id=0),
+                           tf.ModernBertDecoderForCausalLM),
+    # llama-style attention (q/k/v biases, rotary on half of each head) with Phi-3's fused gate_up_proj
+    "glm": (llama_sized(tf.GlmConfig), tf.GlmForCausalLM),
+    "glm4": (llama_sized(tf.Glm4Config), tf.Glm4ForCausalLM),
+})
+FUSED = {"phi3", "gpt_neox", "modernbert", "modernbert-decoder", "glm", "glm4"}
+FUSED_DECODERS = FUSED - {"modernbert"}
+
+LLAMA_RELATIVES = {"gemma2", "gemma3_text", "smollm3", "granite", "olmo", "ministral", "cohere2",
+                   "ernie4_5", "vaultgemma"}
+DECODERS = {"gpt2", "opt", "llama", "mistral", "qwen2", "qwen3", "gemma"} | LLAMA_RELATIVES | FUSED_DECODERS
+GROUPED = {"llama", "mistral", "qwen2", "qwen3", "gemma"} | LLAMA_RELATIVES | {"phi3", "glm", "glm4"}  # GQA among FUSED
+
+# vision: image classification over (image_size / patch_size)^2 + 1 = 5 tokens (the patches and [CLS])
+TINY["vit"] = (lambda: tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+                                    image_size=8, patch_size=4, num_channels=3), tf.ViTForImageClassification)
+TINY["vit_msn"] = (lambda: tf.ViTMSNConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                           intermediate_size=37, image_size=8, patch_size=4, num_channels=3),
+                   tf.ViTMSNForImageClassification)
+VISION = {"vit", "vit_msn"}
 
 
 def make_model(model_type: str, seed: int = 0, dtype=torch.float32):
@@ -77,6 +155,15 @@ def make_inputs(batch: int = 2, seq: int = 9, seed: int = 1) -> dict:
     mask = torch.ones_like(ids)
     mask[0, -2:] = 0  # a padded row
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def make_inputs_for(model_type: str, batch: int = 2, seq: int = 9, seed: int = 1) -> dict:
+    """Inputs of the family's task model: random images for vision models, else `make_inputs`' token ids."""
+    if model_type not in VISION:
+        return make_inputs(batch, seq, seed)
+    config = TINY[model_type][0]()
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(batch, config.num_channels, config.image_size, config.image_size, generator=g)}
 
 
 def assert_untouched(model, state_before: dict, requires_grad_before: dict) -> None:

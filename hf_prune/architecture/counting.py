@@ -1,7 +1,8 @@
 """Parameter and FLOPs counts of any supported model, dense or pruned.
 
 FLOPs are counted analytically for the transformer layers only (what pruning changes), as
-2 x multiply-accumulates of one forward pass over `batch_size` sequences of `seq_len` tokens:
+2 x multiply-accumulates of one forward pass over `batch_size` sequences of `seq_len` tokens (by default
+128, or for a vision transformer its number of patches plus one, `default_seq_len`):
 
     per layer:  q/k/v/o projections   2*T*H*(h*d + 2*k*d) + 2*T*(h*d)*H
                 attention scores      2*T*T*h*d   (Q K^T)   + 2*T*T*h*d (A V)
@@ -40,14 +41,34 @@ def layer_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int,
     return projections + attention + feed_forward
 
 
-def count_flops(model: nn.Module, seq_len: int = 128, batch_size: int = 1) -> int:
-    """FLOPs of the transformer layers of one forward pass (see the module docstring)."""
+DEFAULT_SEQ_LEN = 128  # tokens of one text sequence when the caller gives none
+
+
+def _pair(size) -> tuple[int, int]:
+    return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+def default_seq_len(config) -> int:
+    """Tokens of one input when the caller gives none: for a vision transformer (config with image_size and
+    patch_size) its patches plus the [CLS] token, (image_size // patch_size)^2 + 1; otherwise 128."""
+    image, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if not image or not patch:
+        return DEFAULT_SEQ_LEN
+    (height, width), (patch_height, patch_width) = _pair(image), _pair(patch)
+    return (height // patch_height) * (width // patch_width) + 1
+
+
+def count_flops(model: nn.Module, seq_len: int | None = None, batch_size: int = 1) -> int:
+    """FLOPs of the transformer layers of one forward pass (see the module docstring); `seq_len` defaults to
+    `default_seq_len(model.config)`: 128 tokens, or a vision transformer's patches plus one."""
+    if seq_len is None:
+        seq_len = default_seq_len(model.config)
     if seq_len <= 0 or batch_size <= 0:
         raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
     layout = get_layout(model)
     hidden = model.config.hidden_size
     total = sum(
-        layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, seq_len, layout.gate is not None)
+        layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, seq_len, layout.gated)
         for s in layer_shapes(model)
     )
     return total * batch_size

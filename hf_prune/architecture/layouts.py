@@ -2,8 +2,9 @@
 
 A layout says, for one family of models, where the transformer layers are, what the attention and
 feed-forward projections are called, which module attributes and config keys carry head counts and
-widths, and the family's quirks (fused Conv1D qkv in GPT-2, grouped-query attention in llama-style
-decoders). Everything else in the package works on a `Layout`.
+widths, and the family's quirks (fused projections such as GPT-2's Conv1D c_attn or Phi-3's qkv_proj and
+gate_up_proj, grouped-query attention in llama-style decoders). Everything else in the package works on a
+`Layout`; fused projections are described by `hf_prune.architecture.fused.Fused` entries.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
+
+from .fused import ATTENTION_PARTS, FFN_PARTS, Fused
+from .unsupported import refuse_unsupported
 
 
 @dataclass(frozen=True)
@@ -21,26 +25,66 @@ class Layout:
     layers: str  # from the base model to the nn.ModuleList of layers
     attention: str  # from a layer to the module that owns head counts; gets an empty forward at 0 heads
     attention_includes_output: bool  # does `attention`'s forward apply the output projection itself?
-    q: str | None  # from a layer; None when q/k/v are fused
+    q: str | None  # from a layer; separate q/k/v projections, None when a `fused` entry holds them (see `qkv`)
     k: str | None
     v: str | None
     o: str  # output projection: its input columns are grouped by head
-    up: str  # FFN up projection: its output rows are the neurons
+    up: str | None  # module holding the FFN up projection (its rows are the neurons); filled in from `fused`
     down: str  # FFN down projection: its input columns are the neurons
-    gate: str | None = None  # SwiGLU gate projection (llama-style)
-    qkv: str | None = None  # fused query/key/value projection (GPT-2's c_attn)
+    gate: str | None = None  # separate GLU gate projection (llama-style SwiGLU); `gated` covers fused gates too
+    fused: tuple[Fused, ...] = ()  # modules holding several of q/k/v or gate/up, and their row layout
     conv1d: bool = False  # GPT-2's Conv1D stores weights as (in, out)
     ffn: str | None = None  # FFN module that needs an empty forward at 0 neurons (Conv1D cannot take width 0)
     head_dim_attr: str = "head_dim"  # attribute of `attention` with the per-head size
     head_count_attrs: tuple[str, ...] = ()  # attributes of `attention` that hold the query head count
+    kv_head_count_attrs: tuple[str, ...] = ()  # attributes of `attention` that hold the key/value head count
     width_attrs: tuple[str, ...] = ()  # attributes of `attention` that hold heads * head_dim
     kv_groups_attr: str | None = None  # attribute of `attention` with query heads per key/value head
+    attention_config_heads: str | None = None  # config key `attention` reads for its query head count at forward
+    # time (Phi-3 splits qkv_proj at config.num_attention_heads * head_dim): a pruned layer gets its own view
     config_heads: str = "num_attention_heads"
     config_kv_heads: str | None = None  # GQA only
     config_ffn: str = "intermediate_size"
     config_head_dim: str | None = None  # when the config carries head_dim, head counts can be written plainly
     config_layers: str = "num_hidden_layers"  # config key with the number of layers
     inverse_index_scaling: str | None = None  # config flag: `attention.scaling` is divided by (layer_idx + 1)
+    first_layer_differs: str | None = None  # module that layer 0 builds differently (ModernBERT: attn_norm is an
+    # Identity there): removing layer 0 is refused, as a model built from the config would not rebuild its successor
+
+    def __post_init__(self):
+        """Fill `up` from a fused gate/up entry, and refuse a table line that contradicts itself."""
+        for fused in self.fused:
+            for part in fused.parts:
+                separate = getattr(self, part)
+                if part == "up" and separate in (None, fused.path):
+                    object.__setattr__(self, "up", fused.path)  # frozen dataclass: filled once, at construction
+                elif separate is not None:
+                    raise ValueError(f"layout {self.family!r}: {part} is both {separate!r} and in {fused}")
+            if fused.interleaved and self.grouped and set(fused.parts) & {"k", "v"}:
+                raise ValueError(f"layout {self.family!r}: interleaved {fused.path} cannot hold grouped key/value heads")
+        missing = [part for part in (*ATTENTION_PARTS, "up") if self.path_of(part) is None]
+        if missing:
+            raise ValueError(f"layout {self.family!r}: no module holds {', '.join(missing)}")
+
+    def holder(self, part: str) -> Fused | None:
+        """The fused entry holding logical projection `part` ("q", "k", "v", "gate", "up"), or None when separate."""
+        return next((fused for fused in self.fused if part in fused.parts), None)
+
+    def path_of(self, part: str) -> str | None:
+        """Path of the module holding logical projection `part`, fused or separate (None: the layout has none)."""
+        fused = self.holder(part)
+        return fused.path if fused else getattr(self, part)
+
+    @property
+    def qkv(self) -> str | None:
+        """Path of the fused module holding the query projection (GPT-2's c_attn), None when q is separate."""
+        fused = self.holder("q")
+        return fused.path if fused else None
+
+    @property
+    def gated(self) -> bool:
+        """True for a GLU feed-forward block (a gate projection, separate or fused with up)."""
+        return self.path_of("gate") is not None
 
     @property
     def grouped(self) -> bool:
@@ -90,10 +134,10 @@ GPT2 = Layout(
     q=None,
     k=None,
     v=None,
-    qkv="attn.c_attn",
     o="attn.c_proj",
     up="mlp.c_fc",
     down="mlp.c_proj",
+    fused=(Fused("attn.c_attn", ATTENTION_PARTS),),  # c_attn's output features: [q | k | v]
     conv1d=True,
     ffn="mlp",
     head_dim_attr="head_dim",
@@ -137,6 +181,109 @@ LLAMA = Layout(
     config_head_dim="head_dim",
 )
 
+PHI3 = Layout(
+    family="phi3",
+    layers="layers",
+    attention="self_attn",
+    attention_includes_output=True,
+    q=None,
+    k=None,
+    v=None,
+    o="self_attn.o_proj",
+    up=None,
+    down="mlp.down_proj",
+    fused=(
+        Fused("self_attn.qkv_proj", ATTENTION_PARTS),  # [q (heads * d) | k (kv_heads * d) | v (kv_heads * d)]
+        Fused("mlp.gate_up_proj", FFN_PARTS),  # [gate (F) | up (F)]: down(up * act(gate))
+    ),
+    kv_head_count_attrs=("num_key_value_heads",),
+    kv_groups_attr="num_key_value_groups",
+    attention_config_heads="num_attention_heads",
+    config_kv_heads="num_key_value_heads",
+    config_head_dim="head_dim",
+)
+
+GPT_NEOX = Layout(
+    family="gpt_neox",
+    layers="layers",
+    attention="attention",
+    attention_includes_output=True,
+    q=None,
+    k=None,
+    v=None,
+    o="attention.dense",
+    up="mlp.dense_h_to_4h",
+    down="mlp.dense_4h_to_h",
+    fused=(Fused("attention.query_key_value", ATTENTION_PARTS, interleaved=True),),  # per head: [q_h | k_h | v_h]
+    head_dim_attr="head_size",
+)
+
+MODERNBERT = Layout(
+    family="modernbert",
+    layers="layers",
+    attention="attn",
+    attention_includes_output=True,
+    q=None,
+    k=None,
+    v=None,
+    o="attn.Wo",
+    up=None,
+    down="mlp.Wo",
+    fused=(
+        Fused("attn.Wqkv", ATTENTION_PARTS),  # [q | k | v], each heads * d
+        Fused("mlp.Wi", FFN_PARTS),  # [input (F) | gate (F)]: Wo(act(input) * gate), the activated half first
+    ),
+    first_layer_differs="attn_norm",
+)
+
+VIT = Layout(  # vision transformer encoder (image classification): pre-norm layers over patch tokens
+    family="vit",
+    layers="layers",
+    attention="attention",
+    attention_includes_output=True,
+    q="attention.q_proj",
+    k="attention.k_proj",
+    v="attention.v_proj",
+    o="attention.o_proj",
+    up="mlp.fc1",
+    down="mlp.fc2",
+    head_count_attrs=("num_attention_heads",),
+)
+
+GLM = Layout(
+    family="glm",
+    layers="layers",
+    attention="self_attn",
+    attention_includes_output=True,
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.o_proj",
+    up=None,
+    down="mlp.down_proj",
+    fused=(Fused("mlp.gate_up_proj", FFN_PARTS),),  # llama-style attention, Phi-3's MLP: [gate (F) | up (F)]
+    kv_groups_attr="num_key_value_groups",
+    config_kv_heads="num_key_value_heads",
+    config_head_dim="head_dim",
+)
+
+MODERNBERT_DECODER = Layout(
+    family="modernbert-decoder",
+    layers="layers",
+    attention="attn",
+    attention_includes_output=True,
+    q="attn.q_proj",
+    k="attn.k_proj",
+    v="attn.v_proj",
+    o="attn.Wo",
+    up=None,
+    down="mlp.Wo",
+    fused=(Fused("mlp.Wi", FFN_PARTS),),  # ModernBERT's MLP: [input (F) | gate (F)], the activated half first
+    head_count_attrs=("num_heads",),
+    width_attrs=("all_head_size",),
+    first_layer_differs="attn_norm",
+)
+
 # model_type -> layout. Relatives that share their family's module names are one line each.
 LAYOUTS: dict[str, Layout] = {
     "bert": BERT,
@@ -153,6 +300,23 @@ LAYOUTS: dict[str, Layout] = {
     "qwen2": LLAMA,
     "qwen3": LLAMA,
     "gemma": LLAMA,
+    "phi3": PHI3,
+    "gpt_neox": GPT_NEOX,
+    "modernbert": MODERNBERT,
+    "modernbert-decoder": MODERNBERT_DECODER,
+    "glm": GLM,
+    "glm4": GLM,
+    "gemma2": LLAMA,
+    "gemma3_text": LLAMA,
+    "smollm3": LLAMA,
+    "vit": VIT,
+    "vit_msn": VIT,
+    "granite": LLAMA,
+    "olmo": LLAMA,
+    "ministral": LLAMA,
+    "cohere2": LLAMA,
+    "ernie4_5": LLAMA,
+    "vaultgemma": LLAMA,
 }
 
 
@@ -162,9 +326,11 @@ def supported_model_types() -> list[str]:
 
 
 def get_layout(model_or_config) -> Layout:
-    """Return the layout of a model (or config), or raise ValueError naming its model_type."""
+    """Return the layout of a model (or config), or raise ValueError naming its model_type (and, for a model
+    with experts, non-attention layers or shared key/values, what it has that hf_prune cannot prune)."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
+    refuse_unsupported(config)  # experts, linear-attention / hybrid layers, cross-layer KV sharing
     if model_type not in LAYOUTS:
         raise ValueError(
             f"hf_prune does not support model_type {model_type!r}. Supported model types: "

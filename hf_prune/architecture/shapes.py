@@ -33,14 +33,22 @@ def head_dim_of(layer: nn.Module, layout: Layout) -> int:
     return int(getattr(get_submodule(layer, layout.attention), layout.head_dim_attr))
 
 
+def _kv_heads(layer: nn.Module, layout: Layout, heads: int, head_dim: int) -> int:
+    """Key/value heads of a grouped-query layer, from the rows of the module holding k (fused with q and v or not)."""
+    rows = out_width(get_submodule(layer, layout.path_of("k")), layout.conv1d)
+    fused = layout.holder("k")
+    if fused is None:
+        return rows // head_dim
+    query_rows = heads * head_dim if "q" in fused.parts else 0
+    kv_parts = len(set(fused.parts) & {"k", "v"})
+    return (rows - query_rows) // (kv_parts * head_dim)  # [q (heads * d) | k (kv * d) | v (kv * d)]
+
+
 def layer_shape(layer: nn.Module, layout: Layout) -> LayerShape:
     """Current widths of one layer, read from its weights (never from the config)."""
     head_dim = head_dim_of(layer, layout)
     heads = in_width(get_submodule(layer, layout.o), layout.conv1d) // head_dim
-    if layout.grouped:
-        kv_heads = out_width(get_submodule(layer, layout.k), layout.conv1d) // head_dim
-    else:
-        kv_heads = heads
+    kv_heads = _kv_heads(layer, layout, heads, head_dim) if layout.grouped else heads
     ffn = in_width(get_submodule(layer, layout.down), layout.conv1d)
     return LayerShape(heads=heads, kv_heads=kv_heads, ffn=ffn, head_dim=head_dim)
 

@@ -5,8 +5,8 @@ from .compute import compute_importance
 from .estimators import DATA_METHODS, ESTIMATORS, GRADIENT_METHODS, METHODS, Estimator
 from .layers import LAYER_ESTIMATORS, LAYER_METHODS, LayerEstimator, LayerScores, compute_layer_importance
 from .scores import ImportanceScores
-from .units import unit_parameters, unit_sums
+from .units import unit_rows, unit_sums
 
 __all__ = ["DATA_METHODS", "ESTIMATORS", "Estimator", "GRADIENT_METHODS", "ImportanceScores", "LAYER_ESTIMATORS",
            "LAYER_METHODS", "LayerEstimator", "LayerScores", "METHODS", "compute_importance", "compute_layer_importance",
-           "unit_parameters", "unit_sums"]
+           "unit_rows", "unit_sums"]

@@ -38,8 +38,8 @@ def compute_importance(
 ) -> ImportanceScores:
     """Score every current head and FFN neuron of a supported model (methods in `hf_prune.importance.estimators`).
 
-    dataloader: batches as dicts of tensors (input_ids, attention_mask, token_type_ids, labels); needed
-    by gradient, fisher, taylor and activation. label_free: use the model's own predictions as targets.
+    dataloader: batches as dicts of tensors (input_ids, attention_mask, token_type_ids, labels; pixel_values for
+    vision models); needed by gradient, fisher, taylor and activation. label_free: use the model's own predictions as targets.
     normalize_heads: divide each layer's head scores by their L2 norm (Michel et al.). max_batches: stop
     after this many batches (per process). seed: for `random`. progress: show a tqdm bar (main process only).
     layer_method: also score every layer (`compute_layer_importance`, n=1) on the same batches into `.layers`;

@@ -29,7 +29,7 @@ from ..architecture.gates import attach_gates
 from ..architecture.layouts import Layout, get_layers, get_submodule
 from ..architecture.shapes import LayerShape
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch
-from .units import unit_parameters, unit_sums
+from .units import unit_columns, unit_rows, unit_sums
 
 
 @dataclass
@@ -176,11 +176,14 @@ def fisher_scores(run: ScoringRun) -> Scores:
     return Scores(heads, neurons, n)
 
 
-def _unit_terms(t: torch.Tensor, g: torch.Tensor, units: int, fused: bool) -> torch.Tensor:
-    """Per-unit sum of t * g over every token, in float64: (..., [3,] units * width) -> (units,)."""
+def _unit_terms(t: torch.Tensor, g: torch.Tensor, units: int, rows: torch.Tensor | None) -> torch.Tensor:
+    """Per-unit sum of t * g over every token, in float64: (..., features) -> (units,).
+
+    rows: (units, rows per unit) output rows of each unit (`unit_rows`); None: `units` consecutive blocks.
+    """
     prod = t.float() * g.float()
-    if fused:  # (q | k | v) features, each block `units * width` wide
-        return prod.reshape(-1, 3, units, prod.shape[-1] // (3 * units)).sum((0, 1, 3), dtype=torch.float64)
+    if rows is not None:  # (tokens, features) -> (tokens, units, rows per unit)
+        return prod.reshape(-1, prod.shape[-1])[:, rows.to(prod.device)].sum((0, 2), dtype=torch.float64)
     return prod.reshape(-1, units, prod.shape[-1] // units).sum((0, 2), dtype=torch.float64)
 
 
@@ -195,24 +198,24 @@ def taylor_scores(run: ScoringRun) -> Scores:
     """
     layers = get_layers(run.model, run.layout)
     anchors: dict[torch.device, torch.Tensor] = {}  # a 0 requiring grad, so every hooked tensor is in the graph
-    captured: list[tuple[str, int, int, bool, torch.Tensor]] = []  # (kind, layer, units, fused, tensor)
+    captured: list[tuple[str, int, int, torch.Tensor | None, torch.Tensor]] = []  # (kind, layer, units, rows, tensor)
 
     def tracked(t: torch.Tensor) -> torch.Tensor:
         if t.device not in anchors:
             anchors[t.device] = torch.zeros((), device=t.device, requires_grad=True)
         return t + anchors[t.device].to(t.dtype)
 
-    def rows_hook(kind: str, i: int, units: int, fused: bool):
+    def rows_hook(kind: str, i: int, units: int, rows: torch.Tensor):
         def hook(module, args, output):
             out = tracked(output)
-            captured.append((kind, i, units, fused, out))
+            captured.append((kind, i, units, rows, out))
             return out
         return hook
 
     def cols_hook(kind: str, i: int, units: int):
         def hook(module, args):
             x = tracked(args[0])
-            captured.append((kind, i, units, False, x))
+            captured.append((kind, i, units, None, x))
             return (x, *args[1:])
         return hook
 
@@ -221,28 +224,23 @@ def taylor_scores(run: ScoringRun) -> Scores:
     n_batches = 0
     try:
         for i, (layer, shape) in enumerate(zip(layers, run.shapes)):
-            groups = unit_parameters(layer, run.layout)
-            for kind, units, rows, fused, cols in (
-                ("heads", shape.heads, groups["head_rows"], False, groups["head_cols"]),
-                ("heads", shape.heads, groups["qkv_rows"], True, []),
-                ("neurons", shape.ffn, groups["neuron_rows"], False, groups["neuron_cols"]),
-            ):
+            rows, cols = unit_rows(run.layout, shape), unit_columns(run.layout)
+            for kind, units in (("heads", shape.heads), ("neurons", shape.ffn)):
                 if not units:
                     continue
-                modules = {name.rsplit(".", 1)[0] for name, _ in rows}
-                for path in sorted(modules):
-                    handles.append(get_submodule(layer, path).register_forward_hook(rows_hook(kind, i, units, fused)))
-                for path in sorted({name.rsplit(".", 1)[0] for name, _ in cols}):
-                    handles.append(get_submodule(layer, path).register_forward_pre_hook(cols_hook(kind, i, units)))
+                for group in rows[kind]:
+                    hook = rows_hook(kind, i, units, group.rows)
+                    handles.append(get_submodule(layer, group.path).register_forward_hook(hook))
+                handles.append(get_submodule(layer, cols[kind]).register_forward_pre_hook(cols_hook(kind, i, units)))
         with frozen_except(run.model, []):
             for batch in run.iterate():
                 captured.clear()
                 loss = model_loss(run.model, batch, run.label_free)
                 tensors = [c[-1] for c in captured]
                 grads = torch.autograd.grad(loss, tensors, allow_unused=True) if tensors else []
-                for (kind, i, units, fused, t), g in zip(captured, grads):
+                for (kind, i, units, rows, t), g in zip(captured, grads):
                     if g is not None:  # signed per-unit sums on the layer's device; abs after all batches and processes
-                        term = _unit_terms(t.detach(), g, units, fused)
+                        term = _unit_terms(t.detach(), g, units, rows)
                         sums[kind][i] = term if sums[kind][i] is None else sums[kind][i] + term.to(sums[kind][i].device)
                 captured.clear()
                 n_batches += 1

@@ -2,57 +2,90 @@
 
 "The unit's weights" are, for a head: its rows (weights and biases) of the query, key and value
 projections and its input columns of the output projection; under grouped-query attention the key/value
-rows are shared by the whole group and left out. For a neuron: its rows of the up (and gate) projection
-and its input column of the down projection.
+rows are shared by the whole group and left out (they belong to the key/value head). For a neuron: its rows
+of the up (and gate) projection and its input column of the down projection. Fused projections (GPT-2's
+c_attn, Phi-3's qkv_proj and gate_up_proj, ...) give each unit its rows of every part, wherever the layout
+puts them (`hf_prune.architecture.fused`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from ..architecture.fused import rows_by_module
 from ..architecture.layouts import Layout, get_submodule
-from ..architecture.shapes import LayerShape
+from ..architecture.shapes import LayerShape, in_width, out_width
 from ..utils import as_out_in, materialized
 
 
-def _row_sums(values: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
-    """Sum of a projection's output rows, grouped into `units` consecutive blocks -> (units,)."""
-    rows = as_out_in(values, conv1d) if values.dim() == 2 else values
-    return rows.reshape(units, -1).sum(1)  # (units, rows per unit * in) -> (units,)
+@dataclass(frozen=True)
+class UnitRows:
+    """Output rows of one projection that belong to units: unit u owns rows `rows[u]` (weights and bias)."""
+
+    path: str  # from the layer to the projection
+    rows: torch.Tensor  # (units, rows per unit)
+
+
+def unit_rows(layout: Layout, shape: LayerShape) -> dict[str, list[UnitRows]]:
+    """The projection rows of one layer's units: {"heads": ..., "kv_heads": ..., "neurons": ...}.
+
+    heads: query rows (and key/value rows without grouped-query attention); kv_heads: key and value rows under
+    grouped-query attention (empty otherwise); neurons: up (and gate) rows.
+    """
+    def groups(parts, counts, width) -> list[UnitRows]:
+        return [UnitRows(path, rows) for path, rows in rows_by_module(layout, parts, counts, width).items()]
+
+    d = shape.head_dim
+    head_counts = {"q": shape.heads, "k": shape.kv_heads, "v": shape.kv_heads}
+    ffn_parts = ("gate", "up") if layout.gated else ("up",)
+    return {
+        "heads": groups(("q",) if layout.grouped else ("q", "k", "v"), head_counts, d),
+        "kv_heads": groups(("k", "v"), head_counts, d) if layout.grouped else [],
+        "neurons": groups(ffn_parts, dict.fromkeys(ffn_parts, shape.ffn), 1),
+    }
+
+
+def unit_columns(layout: Layout) -> dict[str, str]:
+    """The projection whose input columns are grouped by unit, in consecutive blocks: {"heads": o, "neurons": down}."""
+    return {"heads": layout.o, "neurons": layout.down}
+
+
+def unit_sizes(layer: nn.Module, layout: Layout, shape: LayerShape) -> dict[str, int]:
+    """Parameters of one unit of each kind: {"heads": ..., "kv_heads": ..., "neurons": ...} (0 for a kind with no unit).
+
+    A head counts its rows (weights and biases) and its output-projection input columns, a key/value head (GQA)
+    its key and value rows, a neuron its up/gate rows and its down-projection input column.
+    """
+    rows, cols = unit_rows(layout, shape), unit_columns(layout)
+    units = {"heads": shape.heads, "kv_heads": shape.kv_heads if layout.grouped else 0, "neurons": shape.ffn}
+    widths = {"heads": shape.head_dim, "neurons": 1}
+    sizes = {}
+    for kind, count in units.items():
+        size = 0
+        for group in rows[kind]:
+            module = get_submodule(layer, group.path)
+            per_row = in_width(module, layout.conv1d) + (getattr(module, "bias", None) is not None)
+            size += group.rows.shape[1] * per_row
+        if kind in cols:
+            size += widths[kind] * out_width(get_submodule(layer, cols[kind]), layout.conv1d)
+        sizes[kind] = size if count else 0
+    return sizes
+
+
+def _row_sums(values: torch.Tensor, rows: torch.Tensor, conv1d: bool) -> torch.Tensor:
+    """Sum of a projection's weight or bias over each unit's rows -> (units,)."""
+    per_row = as_out_in(values, conv1d) if values.dim() == 2 else values  # (out, in) or (out,)
+    picked = per_row[rows.to(per_row.device)]  # (units, rows per unit[, in])
+    return picked.reshape(rows.shape[0], -1).sum(1)
 
 
 def _col_sums(values: torch.Tensor, units: int, conv1d: bool) -> torch.Tensor:
     """Sum of a projection's input columns, grouped into `units` consecutive blocks -> (units,)."""
     w = as_out_in(values, conv1d)  # (out, units * width)
     return w.reshape(w.shape[0], units, -1).sum((0, 2))  # (out, units, width) -> (units,)
-
-
-def unit_parameters(layer: nn.Module, layout: Layout) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """The parameters that make up one layer's heads and neurons, tagged by how they are split into units.
-
-    Returns {"head_rows": ..., "head_cols": ..., "qkv_rows": ..., "neuron_rows": ..., "neuron_cols": ...},
-    each a list of (name, parameter); see the module docstring for which weights belong to a unit.
-    """
-    def params(path: str | None, with_bias: bool = True) -> list[tuple[str, nn.Parameter]]:
-        if path is None:
-            return []
-        module = get_submodule(layer, path)
-        out = [(f"{path}.weight", module.weight)]
-        if with_bias and getattr(module, "bias", None) is not None:
-            out.append((f"{path}.bias", module.bias))
-        return out
-
-    head_rows = params(layout.q)
-    if not layout.grouped:
-        head_rows += params(layout.k) + params(layout.v)
-    return {
-        "head_rows": head_rows,
-        "qkv_rows": params(layout.qkv),
-        "head_cols": params(layout.o, with_bias=False),
-        "neuron_rows": params(layout.up) + params(layout.gate),
-        "neuron_cols": params(layout.down, with_bias=False),
-    }
 
 
 def unit_sums(layer: nn.Module, layout: Layout, shape: LayerShape, values) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,29 +95,19 @@ def unit_sums(layer: nn.Module, layout: Layout, shape: LayerShape, values) -> tu
     layer offloaded by accelerate (device_map with CPU or disk offload) is read through its hook; `param` is
     then the module's parameter on its execution device for the duration of the call.
     """
-    groups = unit_parameters(layer, layout)
-    heads = torch.zeros(shape.heads, dtype=torch.float64)
-    neurons = torch.zeros(shape.ffn, dtype=torch.float64)
-
-    def each(group: str):
-        for name, _ in groups[group]:
-            path, attr = name.rsplit(".", 1)
-            module = get_submodule(layer, path)
+    rows, cols = unit_rows(layout, shape), unit_columns(layout)
+    sums = {"heads": torch.zeros(shape.heads, dtype=torch.float64), "neurons": torch.zeros(shape.ffn, dtype=torch.float64)}
+    for kind, total in sums.items():
+        if not len(total):
+            continue
+        for group in rows[kind]:
+            module = get_submodule(layer, group.path)
             with materialized(module):
-                yield values(name, getattr(module, attr))
-
-    if shape.heads:
-        for v in each("head_rows"):
-            heads += _row_sums(v, shape.heads, layout.conv1d).double().cpu()
-        for v in each("qkv_rows"):
-            v = as_out_in(v, layout.conv1d) if v.dim() == 2 else v
-            # fused (q | k | v) rows: (3, heads, d * in) -> (heads,)
-            heads += v.reshape(3, shape.heads, -1).sum((0, 2)).double().cpu()
-        for v in each("head_cols"):
-            heads += _col_sums(v, shape.heads, layout.conv1d).double().cpu()
-    if shape.ffn:
-        for v in each("neuron_rows"):
-            neurons += _row_sums(v, shape.ffn, layout.conv1d).double().cpu()
-        for v in each("neuron_cols"):
-            neurons += _col_sums(v, shape.ffn, layout.conv1d).double().cpu()
-    return heads, neurons
+                for name in ("weight", "bias"):
+                    param = getattr(module, name, None)
+                    if param is not None:
+                        total += _row_sums(values(f"{group.path}.{name}", param), group.rows, layout.conv1d).double().cpu()
+        module = get_submodule(layer, cols[kind])
+        with materialized(module):
+            total += _col_sums(values(f"{cols[kind]}.weight", module.weight), len(total), layout.conv1d).double().cpu()
+    return sums["heads"], sums["neurons"]

@@ -55,9 +55,9 @@ def drop_weakest_layers(model: nn.Module, calibration, config: PruningConfig) ->
     """Remove the lowest-scoring layers (layer importance on the calibration batches) up to the config's layer
     target; returns their original indices (empty without layer removal)."""
     from ..architecture.config_entry import layer_history
-    from ..architecture.layouts import get_layers
+    from ..architecture.layouts import get_layers, get_layout
     from ..importance.layers import compute_layer_importance
-    from ..surgery.depth import drop_layers
+    from ..surgery.depth import drop_layers, fixed_layers
     from ..training.events import dense_layer_count, layers_due, lowest_layers
 
     n = len(get_layers(model))
@@ -66,7 +66,7 @@ def drop_weakest_layers(model: nn.Module, calibration, config: PruningConfig) ->
     if not due:
         return []
     scores = compute_layer_importance(model, calibration, method=config.layer_importance, label_free=config.label_free)
-    drop = lowest_layers(scores, list(range(n)), due)
+    drop = lowest_layers(scores, [i for i in range(n) if i not in fixed_layers(get_layout(model))], due)
     original, _ = layer_history(model.config, n)
     drop_layers(model, drop)
     return [original[i] for i in drop]

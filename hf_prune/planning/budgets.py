@@ -75,6 +75,7 @@ from torch import nn
 from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
 from ..importance.scores import ImportanceScores
+from ..surgery.depth import fixed_layers
 from .costs import CostModel, FlopsCost, LatencyCost, ParamsCost
 from .plan import PruningPlan
 from .uniform import check_reachable, is_uniform, search_cost, select_count
@@ -465,9 +466,9 @@ def _search(structure: str, head_ladders, neuron_ladders, counter: CostModel, pr
     if structure == "width":
         found = _width_search(head_ladders, neuron_ladders, counter, present, list(range(n)), need, uniform)
         return None if found is None else _Found([], *found)
-    order = sorted(range(n), key=lambda i: (layer_scores[i], i))  # least important layer first
-    best = None
-    for k in range(n):  # k layers removed; at least one remains
+    order = [i for i in sorted(range(n), key=lambda i: (layer_scores[i], i)) if math.isfinite(layer_scores[i])]
+    best = None  # `order`: removable layers, least important first
+    for k in range(min(n, len(order) + 1)):  # k layers removed; at least one remains
         drop = order[:k]
         dropped = sum(counter.layer_saving(i, len(present.heads[i]), present.kv_heads[i], len(present.neurons[i]))
                       for i in drop)
@@ -568,6 +569,9 @@ def _prepare(scores, model, structure, min_heads, min_neurons, head_multiple, ne
     """Validated constraints, what `removed` leaves, and the layer scores the structure needs."""
     _check_common("global", gqa, min_heads, min_neurons, head_multiple, neuron_multiple, uniform)
     layer_scores = _check_structure(structure, scores)
+    if layer_scores is not None:
+        for i in fixed_layers(get_layout(model)):  # never removed: the search skips infinite scores
+            layer_scores[i] = math.inf
     present = _present(scores, removed, min_heads, min_neurons, head_multiple, neuron_multiple)
     _check_model_widths(scores, model)
     return _Constraints(min_heads, min_neurons, head_multiple, neuron_multiple, gqa, uniform), present, layer_scores
@@ -626,7 +630,7 @@ def plan_from_flops(
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
                                         neuron_multiple, gqa, removed, uniform)
     current = layer_shapes(model)
-    counter = FlopsCost(model.config.hidden_size, get_layout(model).gate is not None, seq_len,
+    counter = FlopsCost(model.config.hidden_size, get_layout(model).gated, seq_len,
                         tuple(s.head_dim for s in current))
     dense = _dense_total(counter, model)
     target = dense * kept if max_flops is None else max_flops

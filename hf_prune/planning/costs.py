@@ -19,9 +19,9 @@ from typing import Any
 from torch import nn
 
 from ..architecture.counting import layer_flops
-from ..architecture.layouts import get_layers, get_layout, get_submodule
+from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shape
-from ..importance.units import unit_parameters
+from ..importance.units import unit_sizes
 
 
 class CostModel:
@@ -56,25 +56,6 @@ class FlopsCost(CostModel):
         return layer_flops(self.hidden, heads, kv_heads, self.head_dim[i], ffn, self.seq_len, self.gated)
 
 
-def _numel(params) -> int:
-    return sum(p.numel() for _, p in params)
-
-
-def _module_params(layer: nn.Module, path: str | None) -> list[tuple[str, nn.Parameter]]:
-    if path is None:
-        return []
-    module = get_submodule(layer, path)
-    return [(name, p) for name, p in module.named_parameters()]
-
-
-def _per_unit(total: int, units: int, what: str, i: int) -> int:
-    if units == 0:
-        return 0
-    if total % units:
-        raise ValueError(f"layer {i}: {total} {what} parameters do not split evenly over {units} units")
-    return total // units
-
-
 @dataclass(frozen=True)
 class ParamsCost(CostModel):
     """Exact parameters of every layer as fixed + heads * per_head + kv_heads * per_kv_head + ffn * per_neuron."""
@@ -89,19 +70,13 @@ class ParamsCost(CostModel):
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ParamsCost:
-        """Per-unit counts from the model's current modules (`hf_prune.importance.units.unit_parameters`)."""
+        """Per-unit counts from the model's current modules (`hf_prune.importance.units.unit_sizes`)."""
         layout = get_layout(model)
         fixed, per_head, per_kv, per_neuron = [], [], [], []
-        for i, layer in enumerate(get_layers(model, layout)):
+        for layer in get_layers(model, layout):
             shape = layer_shape(layer, layout)
-            groups = unit_parameters(layer, layout)
-            head = _per_unit(_numel(groups["head_rows"] + groups["qkv_rows"] + groups["head_cols"]), shape.heads,
-                             "attention", i)
-            kv = 0
-            if layout.grouped:
-                kv = _per_unit(_numel(_module_params(layer, layout.k) + _module_params(layer, layout.v)),
-                               shape.kv_heads, "key/value", i)
-            neuron = _per_unit(_numel(groups["neuron_rows"] + groups["neuron_cols"]), shape.ffn, "FFN", i)
+            sizes = unit_sizes(layer, layout, shape)
+            head, kv, neuron = sizes["heads"], sizes["kv_heads"], sizes["neurons"]
             total = sum(p.numel() for p in {id(p): p for p in layer.parameters()}.values())
             fixed.append(total - shape.heads * head - shape.kv_heads * kv - shape.ffn * neuron)
             per_head.append(head)

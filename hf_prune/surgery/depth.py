@@ -72,6 +72,20 @@ def validate_layer_request(layers, n_layers: int, width_layers: Iterable[int]) -
     return remove
 
 
+def check_removable(layout: Layout, remove: Iterable[int]) -> None:
+    """ValueError when the layout cannot lose one of these layers (its first layer is built differently)."""
+    if layout.first_layer_differs is not None and 0 in set(remove):
+        raise ValueError(
+            f"layer 0 of a {layout.family} model cannot be removed: it is built without the `{layout.first_layer_differs}` "
+            f"of the other layers, so the layer after it could not be rebuilt as the new first layer. Nothing was changed"
+        )
+
+
+def fixed_layers(layout: Layout) -> list[int]:
+    """Current layers that can never be removed (ModernBERT's layer 0, see `check_removable`); planners skip them."""
+    return [0] if layout.first_layer_differs is not None else []
+
+
 def _slice_config(config, layout: Layout, keep: list[int], n_layers: int) -> None:
     """Layer count, per-layer lists and Qwen-style `max_window_layers` follow the kept layers."""
     for key in PER_LAYER_CONFIG_KEYS:
@@ -136,6 +150,7 @@ def drop_layers(model: nn.Module, layers, optimizer: torch.optim.Optimizer | Non
     remove = validate_layers(layers, n_layers)
     if not remove:
         return model
+    check_removable(layout, remove)
     config = model.config
     original, total = layer_history(config, n_layers)
     previous = getattr(config, ENTRY_KEY, None)

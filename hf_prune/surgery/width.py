@@ -21,10 +21,12 @@ import torch
 import torch.nn as nn
 
 from ..architecture.config_entry import write_config_entry
+from ..architecture.fused import kept_rows, separate_rows
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
-from ..architecture.shapes import LayerShape, layer_shape, layer_shapes
+from ..architecture.shapes import LayerShape, in_width, layer_shape, layer_shapes
 from ..utils import materialized, offload_hook, offload_problem, read_offloaded, write_offloaded
-from .depth import as_layer_index, drop_layers, validate_layer_request
+from .depth import as_layer_index, check_removable, drop_layers, validate_layer_request
+from .layer_config import with_layer_value
 
 # ----------------------------------------------------------------------------- weight slicing
 
@@ -82,11 +84,10 @@ def check_writable(model: nn.Module, layer_indices: Iterable[int]) -> None:
     """
     layout = get_layout(model)
     layers = get_layers(model, layout)
-    paths = [layout.q, layout.k, layout.v, layout.qkv, layout.o, layout.up, layout.gate, layout.down]
+    parts = ("q", "k", "v", "gate", "up")
+    paths = dict.fromkeys(p for p in (*map(layout.path_of, parts), layout.o, layout.down) if p)
     for idx in layer_indices:
         for path in paths:
-            if path is None:
-                continue
             module = get_submodule(layers[idx], path)
             for name in ("weight", "bias"):
                 problem = offload_problem(module, name)
@@ -101,11 +102,31 @@ def head_columns(heads: Iterable[int], head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
+def _slice_projection_rows(layer: nn.Module, layout: Layout, keep: dict[str, list[int]], counts: dict[str, int],
+                           width: int, state=None) -> None:
+    """Keep the output rows of units `keep[part]` of the logical projections in `keep` ("q", "k", "v" / "gate", "up").
+
+    counts: current units of each part; width: rows per unit. A separate projection keeps its units' row blocks;
+    a fused one (`layout.fused`) keeps the rows of every part it holds at once, in its own row order.
+    """
+    sliced = set()
+    for part, units in keep.items():
+        fused = layout.holder(part)
+        if fused is None:
+            rows = separate_rows(counts[part], width)[torch.as_tensor(units, dtype=torch.long)].reshape(-1)
+            slice_outputs(get_submodule(layer, getattr(layout, part)), rows, layout.conv1d, state)
+        elif fused.path not in sliced:
+            sliced.add(fused.path)
+            rows = kept_rows(fused, counts, width, keep)
+            slice_outputs(get_submodule(layer, fused.path), rows, layout.conv1d, state)
+
+
 # ----------------------------------------------------------------------------- empty blocks
 
 
 def _find_cache(kwargs: dict):
-    cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("past_key_value")))
+    names = ("cache", "past_key_values", "past_key_value", "layer_past")  # layer_past: GPT-NeoX
+    cache = next((kwargs[name] for name in names if kwargs.get(name) is not None), None)
     return getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache -> its self-attention part
 
 
@@ -160,18 +181,10 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
     """Keep query heads `keep_heads` and key/value heads `keep_kv` of one layer."""
     old = layer_shape(layer, layout)
     d = old.head_dim
-    q_cols = head_columns(keep_heads, d)
-    kv_cols = head_columns(keep_kv, d)
-    if layout.qkv is not None:
-        # fused (q | k | v) output columns, each block `old.heads * d` wide
-        width = old.heads * d
-        fused = torch.cat([q_cols, width + kv_cols, 2 * width + kv_cols])
-        slice_outputs(get_submodule(layer, layout.qkv), fused, layout.conv1d, state)
-    else:
-        slice_outputs(get_submodule(layer, layout.q), q_cols, layout.conv1d, state)
-        slice_outputs(get_submodule(layer, layout.k), kv_cols, layout.conv1d, state)
-        slice_outputs(get_submodule(layer, layout.v), kv_cols, layout.conv1d, state)
-    slice_inputs(get_submodule(layer, layout.o), q_cols, layout.conv1d, state)
+    keep = {"q": keep_heads, "k": keep_kv, "v": keep_kv}
+    counts = {"q": old.heads, "k": old.kv_heads, "v": old.kv_heads}
+    _slice_projection_rows(layer, layout, keep, counts, d, state)
+    slice_inputs(get_submodule(layer, layout.o), head_columns(keep_heads, d), layout.conv1d, state)
 
     attention = get_submodule(layer, layout.attention)
     n_heads, n_kv = len(keep_heads), len(keep_kv)
@@ -179,17 +192,21 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
         setattr(attention, attr, n_heads)
     for attr in layout.width_attrs:
         setattr(attention, attr, n_heads * d)
+    for attr in layout.kv_head_count_attrs:
+        setattr(attention, attr, n_kv)
     if layout.kv_groups_attr is not None:
         setattr(attention, layout.kv_groups_attr, n_heads // n_kv if n_kv else 1)
+    if layout.attention_config_heads is not None:
+        attention.config = with_layer_value(attention.config, layout.attention_config_heads, n_heads)
 
 
 def _cut_neurons(layer: nn.Module, layout: Layout, keep: list[int], state=None) -> None:
     """Keep FFN neurons `keep` of one layer."""
-    index = torch.as_tensor(keep, dtype=torch.long)
-    slice_outputs(get_submodule(layer, layout.up), index, layout.conv1d, state)
-    if layout.gate is not None:
-        slice_outputs(get_submodule(layer, layout.gate), index, layout.conv1d, state)
-    slice_inputs(get_submodule(layer, layout.down), index, layout.conv1d, state)
+    down = get_submodule(layer, layout.down)
+    parts = ("gate", "up") if layout.gated else ("up",)
+    neurons = in_width(down, layout.conv1d)
+    _slice_projection_rows(layer, layout, dict.fromkeys(parts, keep), dict.fromkeys(parts, neurons), 1, state)
+    slice_inputs(down, torch.as_tensor(keep, dtype=torch.long), layout.conv1d, state)
 
 
 # ----------------------------------------------------------------------------- request validation
@@ -293,6 +310,7 @@ def prune_model(
     cuts = plan_cuts(model, heads, neurons)
     layers_module = get_layers(model, layout)
     remove = validate_layer_request(layers, len(layers_module), cuts)
+    check_removable(layout, remove)
     check_writable(model, cuts)
     state = optimizer.state if optimizer is not None else None
     kept = _original_heads(model)

@@ -35,6 +35,7 @@ from ..importance.estimators import DATA_METHODS
 from ..importance.layers import LayerScores, compute_layer_importance
 from ..importance.scores import ImportanceScores
 from ..planning.plan import PruningPlan
+from ..surgery.depth import fixed_layers
 from ..surgery.width import prune_model
 from ..unstructured.magnitude import apply_masks, prune_unstructured, zero_masks
 from ..utils import distributed, is_main_process
@@ -307,7 +308,8 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         due = layers_due(self.config, dense_layers=self.dense["layers"], alive=len(alive), fraction=fraction) \
             if self.config.removes_layers else 0
         if due:
-            drop = lowest_layers(self._layer_scores(model), alive, due)
+            removable = [i for i in alive if i not in fixed_layers(get_layout(model))]
+            drop = lowest_layers(self._layer_scores(model), removable, due)
         if not self.config.prunes_widths:
             return PruningPlan(layers=drop)
         keep = [i for i in alive if i not in drop]

@@ -41,7 +41,7 @@ def dense_totals(model: nn.Module, seq_len: int) -> dict:
     entry = getattr(model.config, ENTRY_KEY, None)
     base = entry["base"] if isinstance(entry, dict) else dense_widths(model.config)
     shapes = layer_shapes(model)
-    n, hidden, gated = dense_layer_count(model), model.config.hidden_size, get_layout(model).gate is not None
+    n, hidden, gated = dense_layer_count(model), model.config.hidden_size, get_layout(model).gated
     flops = n * layer_flops(hidden, base["heads"], base["kv_heads"], shapes[0].head_dim, base["ffn"], seq_len, gated)
     return {"layers": n, "heads": n * base["heads"], "ffn": n * base["ffn"], "flops": flops,
             "layer_params": n * dense_layer_params(model, base)}

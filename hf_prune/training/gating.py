@@ -79,7 +79,7 @@ class GateMasks:
 
     def flops(self, model: nn.Module, seq_len: int) -> int:
         """Layer FLOPs at `seq_len` of the model once the gated units are cut."""
-        hidden, gated = model.config.hidden_size, get_layout(model).gate is not None
+        hidden, gated = model.config.hidden_size, get_layout(model).gated
         total = 0
         for s, head_mask, neuron_mask, alive in zip(layer_shapes(model), self.heads, self.neurons, self.layers):
             if not alive:
