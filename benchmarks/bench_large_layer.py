@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from memory import PeakRSS  # noqa: E402
-from provenance import command_line, machine_info, now_utc  # noqa: E402
+from provenance import OtherLoad, command_line, machine_info, now_utc  # noqa: E402
 
 SHAPES = {  # name -> (hidden, query heads, key/value heads, FFN width, layers of the whole model)
     "llama3-8b": (4096, 32, 8, 14336, 32),
@@ -101,14 +101,17 @@ def run_one(shape: str, n_batches: int, threads: int, stages: tuple[str, ...] = 
     out: dict = {"shape": shape, "batches": n_batches, "tokens": n_batches * TOKENS_PER_BATCH}
     for stage in stages:
         meter.mark()
-        start = time.perf_counter()
-        if stage == "statistics":
-            moments = calibration_moments(model, batches(n_batches))
-        elif stage == "reselect":
-            plan = reselect_units(model, plan, moments)
-        else:
-            apply_mask_tuning(model, plan, moments, reconstruct="weights")
-        out[stage] = {"seconds": time.perf_counter() - start, "peak_extra_gib": meter.peak_since_mark() / 2**30,
+        with OtherLoad() as load:  # CPU cores other processes used meanwhile: wall time is only quiet when ~0
+            start, cpu_start = time.perf_counter(), time.process_time()
+            if stage == "statistics":
+                moments = calibration_moments(model, batches(n_batches))
+            elif stage == "reselect":
+                plan = reselect_units(model, plan, moments)
+            else:
+                apply_mask_tuning(model, plan, moments, reconstruct="weights")
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        out[stage] = {"seconds": seconds, "cpu_seconds": cpu, "other_load_cores": load.cores,
+                      "peak_extra_gib": meter.peak_since_mark() / 2**30,
                       "peak_rss_gib": meter.peak / 2**30}
     meter.stop()
     out["peak_rss_gib"] = max(out[stage]["peak_rss_gib"] for stage in stages)

@@ -138,10 +138,17 @@ def test_resumed_run_ends_with_the_same_shapes(tmp_path):
     ({"num_events": 3}, "end_step"),
     ({"start_step": 5, "end_step": 2, "num_events": 2}, "pruning_end_step"),
     ({"compact": "sometimes"}, "compact must be one of"),
+    ({"head_sparsity": 0.5, "importance": "activation"}, "calibration_dataloader"),  # was l2 norms, silently
 ])
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HeadPruningCallback(**kwargs)
+
+
+def test_activation_scores_with_calibration_batches_are_accepted():
+    batches = [{"input_ids": torch.randint(2, 50, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}]
+    callback = HeadPruningCallback(head_sparsity=0.5, importance="activation", calibration_dataloader=batches)
+    assert callback.config.importance == "activation"
 
 
 def test_end_step_beyond_max_steps_and_unsupported_model_raise(tmp_path):

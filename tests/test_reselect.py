@@ -12,7 +12,7 @@ from tiny_models import make_model
 from hf_prune import apply_mask_tuning, calibration_moments, layer_shapes, reselect_units
 from hf_prune.planning import PruningPlan
 from hf_prune.recovery.least_squares import reconstruct_weights
-from hf_prune.recovery.reselect import greedy_obs, removed_groups
+from hf_prune.recovery.reselect import default_block, greedy_obs, removed_groups
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama", "bert"])
@@ -109,3 +109,18 @@ def test_reconstruction_scores_rank_a_duplicated_neuron_first_and_follow_the_los
         reconstruction_scores(model, compute_importance(smaller, None, "l2"), moments)
     with pytest.raises(ValueError, match="moments do not match the model's widths"):
         reconstruction_scores(smaller, compute_importance(smaller, None, "l2"), moments)
+
+
+def test_default_block_is_8_at_bert_widths_and_bounds_the_steps_at_llm_widths():
+    assert [default_block(f) for f in (37, 1536, 9215, 9216, 11008, 14336, 28672)] == [8, 8, 8, 9, 10, 14, 28]
+    model = make_model("llama")
+    moments = calibration_moments(model, calibration())
+    plan = PruningPlan(neurons={0: list(range(12)), 2: [3, 4]})
+    default, eight = reselect_units(model, plan, moments), reselect_units(model, plan, moments, block=8)
+    assert default.neurons == eight.neurons  # 37 neurons: the default is block 8
+    # a wide synthetic layer: the default takes about 512 greedy steps where block 8 would take 1,792
+    torch.manual_seed(0)
+    width = 28672
+    steps = greedy_obs(torch.eye(width + 1, dtype=torch.float64)[:64, :64], torch.randn(4, 64), [[i] for i in range(64)],
+                       [0] * 64, {0: 32}, 1e-4, default_block(width), progress=False)
+    assert len(steps) == 32 // 28 + 1 and [len(take) for take, _ in steps] == [28, 4]

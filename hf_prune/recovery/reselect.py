@@ -283,32 +283,41 @@ def removed_groups(steps: list[tuple[list[int], float]]) -> list[int]:
 
 
 def _projection(layer, path, moment, conv1d):
-    """(moment, weight (out, F')) of a projection; the constant feature is kept only when there is a bias."""
+    """(moment, weight (out, F')) of a projection; the constant feature is kept only when there is a bias.
+
+    The weight keeps its own dtype (no float64 copy: `greedy_obs` makes the one float64 copy it works on)."""
     proj = get_submodule(layer, path)
     with materialized(proj):  # offloaded weights are read through their accelerate hook
-        w = as_out_in(proj.weight.detach(), conv1d).to(moment.device, torch.float64)  # (out, F)
+        w = as_out_in(proj.weight.detach(), conv1d).to(moment.device)  # (out, F)
         bias = getattr(proj, "bias", None)
-        bias = None if bias is None else bias.detach().to(moment.device, torch.float64)
+        bias = None if bias is None else bias.detach().to(moment.device, w.dtype)
     if bias is None:
         return moment[:-1, :-1], w
     return moment, torch.cat([w, bias[:, None]], 1)  # (out, F + 1)
 
 
+def default_block(ffn: int) -> int:
+    """FFN neurons removed per greedy step when `block` is None: 8, or ffn // 1024 for wider layers, so a layer
+    takes at most about 512 steps (each step reads the whole (F', out) weight: at LLM widths that dominates)."""
+    return max(8, ffn // 1024)
+
+
 def _check(ridge, block) -> None:
     if not ridge > 0:
         raise ValueError(f"ridge must be a number > 0 (the inverse needs it), got {ridge!r}")
-    if not (isinstance(block, int) and block >= 1):
+    if block is not None and not (isinstance(block, int) and block >= 1):
         raise ValueError(f"block must be an integer >= 1, got {block!r}")
 
 
 @torch.no_grad()
 def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, list], *, ridge: float = 1e-4,
-                   block: int = 8, progress: bool = True) -> PruningPlan:
+                   block: int | None = None, progress: bool = True) -> PruningPlan:
     """A plan removing as many heads / neurons per layer as `plan`, chosen to minimise reconstruction error.
 
     moments: `calibration_moments(model, ...)` of the dense `model` (the one the plan is for). ridge: relative
     Tikhonov term, as in `reconstruct_weights`. block: FFN neurons removed per greedy step (1 is exact greedy
-    and slowest). progress: tqdm bars per layer (main process only). The model is not modified. Follow with
+    and slowest; None: `default_block` of the layer's width, 8 up to 9,215 neurons). progress: tqdm bars per
+    layer (main process only). The model is not modified. Follow with
     `apply_mask_tuning(model, new_plan, moments, reconstruct="weights")`. The plan's `layers` (whole layers
     removed) are kept as they are.
     """
@@ -337,16 +346,17 @@ def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, lis
             moment, w = _projection(layer, layout.down, down_moments[i], layout.conv1d)
             groups = [[n] for n in range(shape.ffn)]
             neurons[i] = removed_groups(greedy_obs(moment, w, groups, [0] * shape.ffn, {0: len(plan.neurons[i])}, ridge,
-                                                   block, progress=progress, desc=f"re-selecting neurons, layer {i}"))
+                                                   block or default_block(shape.ffn), progress=progress,
+                                                   desc=f"re-selecting neurons, layer {i}"))
     metadata = dict(plan.metadata, reselected={"rule": "greedy OBS reconstruction error", "ridge": ridge,
-                                                "block": block})
+                                                "block": block or "default_block"})
     return PruningPlan(heads, neurons, metadata, plan.layers)
 
 
 def _uncompensated(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
     """Summed squared output of each group with nothing compensating, trace(W_G M_GG W_G^T) -> (groups,)."""
     cols = torch.as_tensor(groups)  # (G, width)
-    w_g = weight[:, cols].permute(1, 0, 2)  # (G, out, width)
+    w_g = weight[:, cols].permute(1, 0, 2).to(moment.dtype)  # (G, out, width)
     m_gg = moment[cols[:, :, None], cols[:, None, :]]  # (G, width, width)
     return (w_g @ m_gg * w_g).sum((1, 2))
 
@@ -363,7 +373,7 @@ def _step_scores(steps: list[tuple[list[int], float]], n: int, factor: float) ->
 
 @torch.no_grad()
 def reconstruction_scores(model: nn.Module, scores: ImportanceScores, moments: tuple[list, list], *,
-                          ridge: float = 1e-4, block: int = 8, progress: bool = True) -> ImportanceScores:
+                          ridge: float = 1e-4, block: int | None = None, progress: bool = True) -> ImportanceScores:
     """Scores ordered by greedy OBS removal within each layer and put on the loss scale of `scores`.
 
     Within a layer, a unit's score is the reconstruction error of the greedy step that removes it (non-decreasing
@@ -394,7 +404,8 @@ def reconstruction_scores(model: nn.Module, scores: ImportanceScores, moments: t
             groups = [list(range(u * width, (u + 1) * width)) for u in range(units)]
             plain = _uncompensated(m, w, groups).sum().item()
             factor = given.double().sum().item() / plain if plain > 0 else 0.0
-            steps = greedy_obs(m, w, groups, [0] * units, {0: units}, ridge, 1 if width > 1 else block,
+            step = 1 if width > 1 else block or default_block(units)
+            steps = greedy_obs(m, w, groups, [0] * units, {0: units}, ridge, step,
                                progress=progress, desc=f"reconstruction scores, layer {i}")
             out.append(_step_scores(steps, units, factor).float())
     return ImportanceScores(heads, neurons, [s.kv_heads for s in shapes], f"{scores.method}+reconstruction",

@@ -4,7 +4,9 @@
 projection at once (about 35 GB in float64 for a 7B llama). `stream_recover` instead
 
 1. captures the inputs of layer 0 (hidden states and the keyword arguments the layer takes: attention mask,
-   rotary position embeddings, ...) with one forward that stops at layer 0;
+   rotary position embeddings, ...) with one forward that stops at layer 0 (for models that mix layer types,
+   such as sliding-window and full attention, at the first layer of the last type: each type keeps its own
+   mask and rotary tables, `Captured.call_inputs`);
 2. for each layer l: runs layer l on the captured inputs with hooks accumulating only that layer's o/down
    statistics, all-reduces them under torch.distributed, re-selects the layer's units (optional), solves,
    prunes the layer and writes the solution, frees the statistics, and computes the inputs of layer l + 1;
@@ -162,20 +164,44 @@ class HiddenStore:
 @dataclass
 class Captured:
     """Inputs of layer 0 for every batch: hidden states (`hidden`), the other positional arguments and keyword
-    arguments of the layer call, the 2-d attention mask (real tokens), and a fingerprint of the data."""
+    arguments of the layer call, the 2-d attention mask (real tokens), and a fingerprint of the data.
+
+    Models that mix layer types (`config.layer_types`, e.g. sliding-window and full attention in Gemma 2/3 or
+    ModernBERT) give each type its own attention mask and rotary tables: `layer_types` holds the type of every
+    layer and `typed_calls[type][batch]` the (args, kwargs) the first layer of each other type received."""
 
     hidden: HiddenStore
     args: list = field(default_factory=list)
     kwargs: list = field(default_factory=list)
     token_masks: list = field(default_factory=list)
     data_digest: str = ""
+    layer_types: list | None = None
+    typed_calls: dict = field(default_factory=dict)
+
+    def call_inputs(self, layer: int, batch: int) -> tuple[tuple, dict]:
+        """(args, kwargs) besides the hidden states for calling layer `layer` on batch `batch`."""
+        if self.layer_types is None or self.layer_types[layer] == self.layer_types[0]:
+            return self.args[batch], self.kwargs[batch]
+        return self.typed_calls[self.layer_types[layer]][batch]
 
 
-def _check_uniform_layers(model: nn.Module) -> None:
+def mixed_layer_types(model: nn.Module, n_layers: int) -> list | None:
+    """The type of each layer when `config.layer_types` mixes several (one entry per current layer), else None."""
     types = getattr(model.config, "layer_types", None)
-    if types is not None and len(set(types)) > 1:
-        raise ValueError(f"layer-by-layer recovery reuses layer 0's attention mask for every layer; this model mixes "
-                         f"layer types {sorted(set(types))}: use calibration_moments + apply_mask_tuning")
+    if not isinstance(types, (list, tuple)) or len(set(types)) < 2:
+        return None
+    if len(types) != n_layers:
+        raise ValueError(f"config.layer_types has {len(types)} entries for {n_layers} layers: the config does not "
+                         f"describe this model's layers")
+    return list(types)
+
+
+def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
+    """(hidden states, other positional arguments, keyword arguments) of a captured layer call."""
+    kwargs = dict(kwargs)
+    if args:
+        return args[0], tuple(args[1:]), kwargs
+    return kwargs.pop("hidden_states"), (), kwargs
 
 
 def _digest_batch(h, batch: Mapping) -> None:
@@ -195,15 +221,24 @@ def capture_layer_inputs(model: nn.Module, batches: Iterable, max_batches: int |
     layout = get_layout(model)
     layers = get_layers(model, layout)
     device = input_device(model)
-    captured = Captured(HiddenStore(offload_dir))
+    captured = Captured(HiddenStore(offload_dir), layer_types=mixed_layer_types(model, len(layers)))
     digest = hashlib.sha256()
     seen: dict = {}
+    # the first layer of each layer type (mixed types only): the forward runs on to the last of them
+    firsts: dict = {}
+    for i, kind in enumerate(captured.layer_types or [None]):
+        firsts.setdefault(kind, i)
+    last = max(firsts.values())
 
-    def hook(module, args, kwargs):
-        seen["args"], seen["kwargs"] = args, dict(kwargs)
-        raise _Stop
+    def hook_for(index: int, kind):
+        def hook(module, args, kwargs):
+            seen[kind] = _split_call(args, kwargs)
+            if index == last:
+                raise _Stop
+        return hook
 
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [layers[i].register_forward_pre_hook(hook_for(i, kind), with_kwargs=True) for kind, i in firsts.items()]
+    first_kind = next(iter(firsts))
     extra = {"use_cache": False} if hasattr(model.config, "use_cache") else {}
     try:
         with eval_mode(model):
@@ -216,22 +251,22 @@ def capture_layer_inputs(model: nn.Module, batches: Iterable, max_batches: int |
                     model(**batch, **extra)
                 except _Stop:
                     pass
-                if "args" not in seen:
-                    raise RuntimeError("the model's forward never reached its first layer")
-                args, kwargs = seen["args"], seen["kwargs"]
-                if args:
-                    hidden, rest = args[0], tuple(args[1:])
-                else:
-                    hidden, rest = kwargs.pop("hidden_states"), ()
+                if len(seen) < len(firsts):
+                    raise RuntimeError("the model's forward never reached its first layer of each layer type")
+                hidden, rest, kwargs = seen[first_kind]
                 captured.hidden.append(hidden)
                 captured.args.append(rest)
                 captured.kwargs.append(kwargs)
+                for kind in firsts:
+                    if kind != first_kind:
+                        captured.typed_calls.setdefault(kind, []).append(seen[kind][1:])
                 captured.token_masks.append(batch.get("attention_mask"))
     except BaseException:
         captured.hidden.close()
         raise
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     (count,) = all_reduce([torch.tensor([float(len(captured.hidden))], dtype=torch.float64)])
     if count.item() == 0:
         captured.hidden.close()
@@ -263,9 +298,9 @@ def default_stats_dtype(device: torch.device) -> torch.dtype:
 
 
 @torch.no_grad()
-def _run_layer(layer, layout: Layout, captured: Captured, device, *, collect: bool, write: bool,
+def _run_layer(layer, index: int, layout: Layout, captured: Captured, device, *, collect: bool, write: bool,
                stats_dtype: torch.dtype | None) -> tuple:
-    """Run `layer` over every captured batch. collect: accumulate [X 1]^T [X 1] of its o / down inputs on `device`
+    """Run `layer` (layer `index`) over every captured batch. collect: accumulate [X 1]^T [X 1] of its o / down inputs on `device`
     (real tokens only). write: replace the captured hidden states with the layer's outputs. -> (o, down, tokens)."""
     stores: dict = {}
     current: dict = {}
@@ -284,7 +319,7 @@ def _run_layer(layer, layout: Layout, captured: Captured, device, *, collect: bo
     try:
         for b in range(len(captured.hidden)):
             current["mask"] = captured.token_masks[b]
-            out = _call_layer(layer, captured.hidden[b], captured.args[b], captured.kwargs[b], device)
+            out = _call_layer(layer, captured.hidden[b], *captured.call_inputs(index, b), device)
             if write:
                 captured.hidden[b] = out
             mask = captured.token_masks[b]
@@ -437,7 +472,6 @@ def validate_request(model: nn.Module, plan: PruningPlan, mode: str = "dense",
     plan.check_model(model)
     removed = removed_layers(plan, model)
     plan_cuts(model, plan.heads, plan.neurons)  # every index in range, GQA groups possible
-    _check_uniform_layers(model)
     return removed, ridge
 
 
@@ -501,26 +535,26 @@ def stream_recover(
                 saved_path = _layer_file(folder, i) if folder is not None else None
                 if i in removed:
                     if mode == "dense":  # later layers see the dense model's hidden states
-                        _run_layer(layer, layout, captured, device, collect=False, write=True, stats_dtype=None)
+                        _run_layer(layer, i, layout, captured, device, collect=False, write=True, stats_dtype=None)
                     record.update(removed=True)
                 elif saved_path is not None and saved_path.exists():
                     saved = torch.load(saved_path, weights_only=True)
                     if mode == "dense":
-                        _run_layer(layer, layout, captured, device, collect=False, write=True, stats_dtype=None)
+                        _run_layer(layer, i, layout, captured, device, collect=False, write=True, stats_dtype=None)
                     _restore_layer(model, layer, i, saved)
                     if mode == "sequential":
-                        _run_layer(layer, layout, captured, device, collect=False, write=True, stats_dtype=None)
+                        _run_layer(layer, i, layout, captured, device, collect=False, write=True, stats_dtype=None)
                     heads, neurons = saved["heads"], saved["neurons"]
                     for kind, value in saved["scales"].items():
                         result.scales[kind][i] = value
                     record.update(resumed=True)
                 elif not heads and not neurons:  # nothing to cut or solve in this layer
-                    _run_layer(layer, layout, captured, device, collect=False, write=True, stats_dtype=None)
+                    _run_layer(layer, i, layout, captured, device, collect=False, write=True, stats_dtype=None)
                     if folder is not None and is_main_process():
                         _save_layer(folder, i, layer, [], [], {})
                 else:
                     ts = time.perf_counter()
-                    o, down, tokens = _run_layer(layer, layout, captured, device, collect=True, write=mode == "dense",
+                    o, down, tokens = _run_layer(layer, i, layout, captured, device, collect=True, write=mode == "dense",
                                                  stats_dtype=stats_dtype)
                     o = o if o is not None else _empty_moment(layer, layout, "o", device)
                     down = down if down is not None else _empty_moment(layer, layout, "down", device)
@@ -538,7 +572,7 @@ def stream_recover(
                     tforward = time.perf_counter()
                     seconds["solve_s"] += tforward - tsolve
                     if mode == "sequential":
-                        _run_layer(layer, layout, captured, device, collect=False, write=True, stats_dtype=None)
+                        _run_layer(layer, i, layout, captured, device, collect=False, write=True, stats_dtype=None)
                     seconds["forward_s"] += time.perf_counter() - tforward
                     for kind, value in scales.items():
                         result.scales[kind][i] = value

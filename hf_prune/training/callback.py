@@ -85,8 +85,9 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
     and the historical keyword names (start_step, end_step, num_events, schedule, scope, min_heads, seq_len,
     compact=True/False; see `CALLBACK_ALIASES`), may be given as keywords and override it. The callback
     uses pruning_start_step 0, one event and flops_seq_len 128 where the config leaves them None.
-    `calibration_dataloader`: batches for methods that are not summed from the training steps (activation,
-    or any method before the first step), and for layer importance (needed when layers are removed);
+    `calibration_dataloader`: batches for methods that are not summed from the training steps (activation:
+    ValueError without them; a gradient method before its first step), and for layer importance (needed when
+    layers are removed);
     `seed`: for the `random` method.
     """
 
@@ -97,6 +98,12 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             raise ValueError("latency_reduction and structure='depth'/'joint' are planned retrain-free (command line "
                              "--retrain_free, or plan_from_latency / plan_from_flops(structure=...) before training); "
                              "the callback removes layers with layer_sparsity or num_layers_to_remove")
+        if self.config.importance in DATA_METHODS and not self.config.from_training_gradients \
+                and calibration_dataloader is None:
+            raise ValueError(f"importance={self.config.importance!r} scores units on calibration batches, not on the "
+                             f"training steps: pass HeadPruningCallback(..., calibration_dataloader=<batches with "
+                             f"input_ids and attention_mask>), or choose a method that needs none (fisher, gradient, "
+                             f"taylor from the training steps; l1, l2, random)")
         self.schedule = Schedule.from_config(self.config)  # an iterative schedule without an end -> ValueError
         self.seq_len = self.config.flops_seq_len or DEFAULT_SEQ_LEN
         self.calibration_dataloader, self.seed = calibration_dataloader, seed
