@@ -16,6 +16,7 @@ from tiny_models import DECODERS, FUSED, GROUPED, TINY, make_inputs, make_model
 
 from hf_prune import (
     PruningConfig,
+    PruningPlan,
     apply_mask_tuning,
     calibration_moments,
     compute_importance,
@@ -24,9 +25,11 @@ from hf_prune import (
     get_layout,
     layer_shapes,
     load_pruned,
+    plan_from_params,
     plan_from_sparsity,
     prune_model,
     prune_retrain_free,
+    stream_recover,
 )
 from hf_prune.architecture.fused import Fused, kept_rows, part_rows
 from hf_prune.architecture.layouts import Layout, get_layers, get_submodule
@@ -329,7 +332,7 @@ def test_every_importance_method_runs(model_type):
         assert all(torch.isfinite(t).all() for t in scores.heads + scores.neurons)
 
 
-@pytest.mark.parametrize("model_type", sorted(set(NEW_TYPES) - set(MIXED_LAYER_TYPES)))
+@pytest.mark.parametrize("model_type", sorted(NEW_TYPES))
 def test_retrain_free_end_to_end(model_type, tmp_path):
     model = make_model(model_type)
     dense = count_parameters(model, layers_only=True)
@@ -346,18 +349,21 @@ def test_retrain_free_end_to_end(model_type, tmp_path):
 
 @pytest.mark.parametrize("model_type", MIXED_LAYER_TYPES)
 def test_recovery_with_calibration_moments(model_type, tmp_path):
-    """ModernBERT mixes global and local attention layers: recovery through calibration_moments + apply_mask_tuning
-    (layer-by-layer recovery, `prune_retrain_free` / `tune_masks`, does not take mixed layer types yet)."""
+    """ModernBERT mixes global and local attention layers (a 4-token window on 8-token batches): the one-pass
+    recovery and the layer-by-layer one (each layer called with its own type's mask) give the same model."""
     model = make_model(model_type)
     data = batches(model_type, n=3)
     plan = plan_from_sparsity(compute_importance(model, data, "fisher", progress=False), head_sparsity=0.5,
                               ffn_sparsity=0.3)
     dense = copy.deepcopy(model)
+    inputs = make_inputs()
     for reconstruct in ("scales", "weights"):
         pruned = copy.deepcopy(dense)
         apply_mask_tuning(pruned, plan, calibration_moments(dense, data), reconstruct=reconstruct)
         assert sum(s.heads for s in layer_shapes(pruned)) == 6
-        inputs = make_inputs()
+        streamed = copy.deepcopy(dense)
+        stream_recover(streamed, plan, data, mode="dense", reconstruct=reconstruct)
+        torch.testing.assert_close(logits(streamed, inputs), logits(pruned, inputs), atol=1e-5, rtol=1e-5)
         assert torch.isfinite(logits(pruned, inputs)).all()
     pruned.save_pretrained(tmp_path)
     torch.testing.assert_close(logits(load_pruned(tmp_path), inputs), logits(pruned, inputs), atol=0, rtol=0)
@@ -388,3 +394,15 @@ def test_gguf_export_refuses_fused_families(model_type, tmp_path):
     with pytest.raises(ValueError, match=f"model_type '{model_type}' cannot be exported to GGUF"):
         export_gguf(make_model(model_type), tmp_path / "model.gguf")
     assert not (tmp_path / "model.gguf").exists()
+
+
+@pytest.mark.parametrize("model_type", MIXED_LAYER_TYPES)
+def test_depth_planners_never_pick_modernberts_first_layer(model_type):
+    model = make_model(model_type)
+    scores = compute_importance(model, batches(model_type), "fisher", layer_method="fisher", progress=False)
+    scores.layers = [-1.0, 5.0, 6.0]  # layer 0 looks least important: it must still be skipped
+    for structure in ("depth", "joint"):
+        plan = plan_from_params(scores, model, 0.5, structure=structure)
+        assert 0 not in plan.layers and (structure == "joint" or plan.layers)
+    with pytest.raises(ValueError, match="layer 0 of a"):  # a hand-written plan that removes it changes nothing
+        apply_mask_tuning(model, PruningPlan(layers=[0]), calibration_moments(model, batches(model_type)))

@@ -17,14 +17,11 @@ from hf_prune import (
     layer_shapes,
     load_pruned,
     plan_from_flops,
-    plan_from_sparsity,
     prune_model,
     prune_retrain_free,
 )
 from hf_prune.architecture.counting import default_seq_len
 from hf_prune.importance import METHODS
-from hf_prune.recovery.mask_tuning import apply_mask_tuning
-from hf_prune.recovery.moments import calibration_moments
 
 
 def logits(model, inputs):
@@ -43,10 +40,6 @@ def batches(model_type: str, n: int = 2, batch: int = 3) -> list[dict]:
             b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
         out.append(b)
     return out
-
-
-def mixes_layer_types(model) -> bool:
-    return len(set(getattr(model.config, "layer_types", None) or [None])) > 1
 
 
 NEW = sorted(LLAMA_RELATIVES | VISION)
@@ -77,12 +70,7 @@ def test_importance_plan_and_retrain_free_recovery_end_to_end(model_type, tmp_pa
     data = batches(model_type, n=3)
     inputs = make_inputs_for(model_type)
     params = sum(p.numel() for p in model.parameters())
-    if mixes_layer_types(model):
-        # layer-by-layer recovery (prune_retrain_free) takes one layer type only: the one-pass recovery instead
-        plan = plan_from_sparsity(compute_importance(model, data, "fisher", progress=False), 0.34, 0.3)
-        apply_mask_tuning(model, plan, calibration_moments(model, data), reconstruct="weights")
-    else:
-        prune_retrain_free(model, data, PruningConfig(head_sparsity=0.34, ffn_sparsity=0.3, importance="fisher"))
+    prune_retrain_free(model, data, PruningConfig(head_sparsity=0.34, ffn_sparsity=0.3, importance="fisher"))
     assert sum(p.numel() for p in model.parameters()) < params
     out = logits(model, inputs)
     assert torch.isfinite(out).all()

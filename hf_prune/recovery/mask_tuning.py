@@ -39,7 +39,7 @@ from torch import nn
 from ..architecture.layouts import get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
 from ..planning.plan import PruningPlan
-from ..surgery.depth import drop_layers
+from ..surgery.depth import check_removable, drop_layers
 from ..utils import materialized
 from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
 from .moments import check_moments, removed_layers
@@ -63,6 +63,7 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
     layout = get_layout(model)
     plan.check_model(model)
     removed = removed_layers(plan, model)
+    check_removable(get_layout(model), removed)  # ModernBERT's layer 0: refused before any width is cut
     check_moments(moments, model, removed)
     width_plan = PruningPlan(plan.heads, plan.neurons, plan.metadata)
     layers = list(get_layers(model, layout))  # the layers before the plan: indices stay valid after removal

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
-from ..surgery.depth import check_removable, validate_layer_request
+from ..surgery.depth import validate_layer_request
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
 
 
@@ -28,9 +28,7 @@ def removed_layers(plan, model: nn.Module) -> list[int]:
     ValueError for indices `drop_layers` refuses, and for a plan that lists heads or neurons of a layer it
     also removes (as `prune_model` refuses them).
     """
-    removed = validate_layer_request(plan.layers, len(get_layers(model)), set(plan.heads) | set(plan.neurons))
-    check_removable(get_layout(model), removed)  # ModernBERT's layer 0: refused before any width is cut
-    return removed
+    return validate_layer_request(plan.layers, len(get_layers(model)), set(plan.heads) | set(plan.neurons))
 
 
 def accumulate_moment(store: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor | None,

@@ -49,7 +49,7 @@ from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
 from ..architecture.shapes import layer_shape
 from ..planning.plan import PruningPlan
 from ..serialization.atomic import atomic_write_bytes, atomic_write_json
-from ..surgery.depth import drop_layers
+from ..surgery.depth import check_removable, drop_layers
 from ..surgery.width import plan_cuts, prune_model
 from ..utils import (
     all_reduce,
@@ -471,6 +471,7 @@ def validate_request(model: nn.Module, plan: PruningPlan, mode: str = "dense",
     ridge = check_reconstruct(reconstruct, ridge)
     plan.check_model(model)
     removed = removed_layers(plan, model)
+    check_removable(get_layout(model), removed)  # ModernBERT's layer 0: refused before any width is cut
     plan_cuts(model, plan.heads, plan.neurons)  # every index in range, GQA groups possible
     return removed, ridge
 
