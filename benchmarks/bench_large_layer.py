@@ -190,6 +190,10 @@ def main(argv=None):
     p.add_argument("--all-stages-every-size", action="store_true",
                    help="also time re-selection and recovery at every calibration size (by default only at the largest:"
                         " they work on the moments alone, so their time does not depend on the tokens)")
+    p.add_argument("--remeasure", choices=("reselect", "recovery"),
+                   help="measure this stage again (after the statistics, with the seeded random plan) at each shape's "
+                        "largest calibration size and replace it in the cached run, marked 'remeasured' with the date "
+                        "(e.g. after a change that affects only that stage)")
     p.add_argument("--one", nargs=3, metavar=("SHAPE", "BATCHES", "STAGES"), help=argparse.SUPPRESS)  # subprocess
     args = p.parse_args(argv)
     if args.one:
@@ -200,6 +204,16 @@ def main(argv=None):
     runs_path = args.cache / ("quick" if args.quick else "") / "large_layer_runs.json"
     runs_path.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(runs_path.read_text()) if runs_path.exists() else {}
+    if args.remeasure:
+        for shape in shapes:
+            n = max(args.batches[shape])
+            print(f"{shape}: {n} x {TOKENS_PER_BATCH} tokens, statistics,{args.remeasure} (remeasure) ...", flush=True)
+            done = subprocess.run([sys.executable, __file__, "--one", shape, str(n), f"statistics,{args.remeasure}",
+                                   "--threads", str(args.threads)], check=True, capture_output=True, text=True)
+            record = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[f"{shape}|{n}"][args.remeasure] = dict(record[args.remeasure], remeasured=now_utc())
+            runs[f"{shape}|{n}"]["peak_rss_gib"] = max(runs[f"{shape}|{n}"][s]["peak_rss_gib"] for s in STAGES)
+            runs_path.write_text(json.dumps(runs, indent=1))
     for shape in shapes:
         for n in args.batches[shape]:
             key = f"{shape}|{n}"

@@ -532,8 +532,10 @@ def large_layer() -> str:
     for r in d["runs"]:
         for stage in ("statistics", "reselect", "recovery"):
             if stage in r:
+                cpu, load_cores = r[stage].get("cpu_seconds"), r[stage].get("other_load_cores")  # newer runs only
                 runs.append([r["shape"], f"{r['batches']} x {setup['tokens_per_batch']}", stage,
-                             f"{r[stage]['seconds']:.1f}", f"{r[stage]['peak_extra_gib']:.2f}",
+                             f"{r[stage]['seconds']:.1f}", "–" if cpu is None else f"{cpu:.0f}",
+                             "–" if load_cores is None else f"{load_cores:.2f}", f"{r[stage]['peak_extra_gib']:.2f}",
                              f"{r[stage]['peak_rss_gib']:.2f}"])
     fits = []
     for summary in d["summary"]:
@@ -545,7 +547,8 @@ def large_layer() -> str:
     gpu = setup["gpu"]
     return (f"Recorded by `{setup['command']}` on {setup['date'][:10]} ({machine_text(setup['machine'])}). "
             f"{setup['weights']}; plan: {setup['plan']}.\n\n"
-            + table(["layer shape", "calibration tokens", "stage", "seconds", "peak extra GiB", "peak RSS GiB"], runs)
+            + table(["layer shape", "calibration tokens", "stage", "seconds", "CPU seconds",
+                     "other processes (cores)", "peak extra GiB", "peak RSS GiB"], runs)
             + "\n\nFitted seconds = a + b x tokens (statistics; re-selection and recovery do not depend on the tokens), "
             f"extrapolated; GPU: {setup['gpu_formula']}, {gpu['name']} at {gpu['efficiency']:.0%} of "
             f"{gpu['fp32_tflops']} (fp32) / {gpu['fp64_tflops']} (fp64) TFLOP/s, an estimate, not a measurement.\n\n"

@@ -72,10 +72,13 @@ def reconstruct_weights(moment: torch.Tensor, weight: torch.Tensor, bias: torch.
         m = moment
     else:
         m = moment[:-1, :-1]  # (F, F)
-    a = m[features][:, features]  # (K', K')
-    b = m[features] @ w.t()  # (K', out): <kept feature, dense output>
-    scale = a.diagonal().mean().clamp_min(1e-30) * ridge if len(features) else 0.0
-    solution = solve_spd(a + scale * torch.eye(len(features), dtype=a.dtype, device=a.device), b).t()  # (out, K')
+    rows = m.index_select(0, features)  # (K', F'): gathered once, freed before the solve
+    a = rows.index_select(1, features)  # (K', K')
+    b = rows @ w.t()  # (K', out): <kept feature, dense output>
+    del rows, w
+    if len(features):
+        a.diagonal().add_(a.diagonal().mean().clamp_min(1e-30) * ridge)  # ridge in place: no (K', K') identity
+    solution = solve_spd(a, b).t()  # (out, K')
     if bias is None:
         return solution, None
     return solution[:, :-1], solution[:, -1]
