@@ -12,6 +12,8 @@ import copy
 
 import pytest
 import torch
+from test_depth import greedy, logits
+from test_surgery import silence
 from tiny_models import DECODERS, FUSED, GROUPED, TINY, make_inputs, make_model
 
 from hf_prune import (
@@ -35,43 +37,12 @@ from hf_prune.architecture.fused import Fused, kept_rows, part_rows
 from hf_prune.architecture.layouts import Layout, get_layers, get_submodule
 from hf_prune.importance import METHODS
 from hf_prune.planning.costs import ParamsCost
-from hf_prune.surgery.width import head_columns
 
 NEW_TYPES = sorted(FUSED)
 FUSED_TYPES = ["gpt2", *NEW_TYPES]
 FUSED_QKV = ["phi3", "gpt_neox", "modernbert"]
 FUSED_GATE_UP = ["phi3", "modernbert", "modernbert-decoder", "glm", "glm4"]
 MIXED_LAYER_TYPES = ["modernbert", "modernbert-decoder"]  # global and local attention layers
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def greedy(model, inputs, tokens=6):
-    prompt = {"input_ids": inputs["input_ids"][1:], "attention_mask": inputs["attention_mask"][1:]}
-    return model.generate(**prompt, max_new_tokens=tokens, do_sample=False, pad_token_id=0)
-
-
-def silence(model, heads: dict, neurons: dict) -> None:
-    """Zero the output-projection input columns of `heads` and the down-projection input columns of `neurons`."""
-    layout = get_layout(model)
-    layers = get_layers(model)
-    with torch.no_grad():
-        for i, hs in heads.items():
-            o = get_submodule(layers[i], layout.o).weight
-            cols = head_columns(hs, layer_shapes(model)[i].head_dim)
-            if layout.conv1d:  # Conv1D weight is (in, out)
-                o[cols, :] = 0
-            else:
-                o[:, cols] = 0
-        for i, ns in neurons.items():
-            down = get_submodule(layers[i], layout.down).weight
-            if layout.conv1d:
-                down[ns, :] = 0
-            else:
-                down[:, ns] = 0
 
 
 def request_for(model_type: str) -> tuple[dict, dict]:
