@@ -693,10 +693,14 @@ def supported_types() -> str:
     from transformers import AutoConfig
 
     from hf_prune import get_layout, supported_model_types
+    from hf_prune.architecture.layouts import get_stacks
 
     by_family: dict[str, list[str]] = {}
     for model_type in supported_model_types():
-        family = get_layout(AutoConfig.for_model(model_type)).family
+        config = AutoConfig.for_model(model_type)
+        stacks = get_stacks(config)
+        family = get_layout(config).family if stacks is None else (
+            f"{stacks[0].layout.family} ({' + '.join(stack.name for stack in stacks)} stacks)")
         by_family.setdefault(family, []).append(model_type)
     lines = [f"- {family} layout: " + ", ".join(f"`{t}`" for t in types) for family, types in by_family.items()]
     return "\n".join(lines)

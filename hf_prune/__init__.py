@@ -5,6 +5,7 @@ from .architecture.counting import count_flops, count_parameters
 from .architecture.gates import attach_gates
 from .architecture.layouts import Layout, get_layout, supported_model_types
 from .architecture.shapes import LayerShape, layer_shapes
+from .architecture.stacks import layer_stacks
 from .deploy.gguf_export import export_gguf
 from .deploy.latency import LatencyStats, measure_latency
 from .deploy.latency_table import measure_latency_table
@@ -75,6 +76,7 @@ __all__ = [
     "export_onnx",
     "get_layout",
     "layer_shapes",
+    "layer_stacks",
     "load_pruned",
     "measure_latency",
     "measure_latency_table",

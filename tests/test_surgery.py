@@ -160,10 +160,10 @@ def test_gqa_requests_must_keep_groups_even(heads):
 
 
 def test_unsupported_model_raises_naming_model_type():
-    from transformers import T5Config, T5Model
+    from transformers import BloomConfig, BloomModel
 
-    model = T5Model(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50))
-    with pytest.raises(ValueError, match=r"'t5'.*bert.*llama"):
+    model = BloomModel(BloomConfig(hidden_size=16, n_layer=1, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match=r"'bloom'.*bert.*llama"):
         prune_model(model, heads={0: [0]})
 
 

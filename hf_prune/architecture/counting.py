@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .layouts import get_layers, get_layout
+from .layouts import get_layers, get_layout, get_stacks
 from .shapes import layer_shapes
+from .stacks import stack_views
 
 
 def count_parameters(model: nn.Module, layers_only: bool = False) -> int:
-    """Number of parameters (shared/tied tensors counted once); `layers_only` counts the transformer layers."""
-    module = get_layers(model) if layers_only else model
+    """Number of parameters (shared/tied tensors counted once); `layers_only` counts the transformer layers
+    (of every stack, for a model with several)."""
+    if not layers_only:
+        modules = [model]
+    elif get_stacks(model) is not None:
+        modules = [get_layers(view) for view in stack_views(model).values()]
+    else:
+        modules = [get_layers(model)]
     seen, total = set(), 0
-    for p in module.parameters():
+    for p in (p for module in modules for p in module.parameters()):
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
@@ -58,9 +65,22 @@ def default_seq_len(config) -> int:
     return (height // patch_height) * (width // patch_width) + 1
 
 
-def count_flops(model: nn.Module, seq_len: int | None = None, batch_size: int = 1) -> int:
+def cross_attention_flops(hidden: int, heads: int, head_dim: int, seq_len: int, source_len: int) -> int:
+    """FLOPs of one cross-attention block: queries from `seq_len` tokens, keys/values from `source_len` tokens."""
+    T, S, H, d = seq_len, source_len, hidden, head_dim
+    return 2 * T * H * heads * d + 2 * 2 * S * H * heads * d + 2 * T * heads * d * H + 2 * 2 * T * S * heads * d
+
+
+def count_flops(model: nn.Module, seq_len: int | dict[str, int] | None = None, batch_size: int = 1) -> int:
     """FLOPs of the transformer layers of one forward pass (see the module docstring); `seq_len` defaults to
-    `default_seq_len(model.config)`: 128 tokens, or a vision transformer's patches plus one."""
+    `default_seq_len(model.config)`: 128 tokens, or a vision transformer's patches plus one.
+
+    Models with several layer stacks: `seq_len` is one length for every stack or {stack: length} (encoder and
+    decoder lengths; a missing stack takes its default, e.g. CLIP's vision tower its patches plus one); decoder
+    layers add their cross-attention over the source stack's tokens.
+    """
+    if get_stacks(model) is not None:
+        return _count_stack_flops(model, seq_len, batch_size)
     if seq_len is None:
         seq_len = default_seq_len(model.config)
     if seq_len <= 0 or batch_size <= 0:
@@ -71,4 +91,24 @@ def count_flops(model: nn.Module, seq_len: int | None = None, batch_size: int = 
         layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, seq_len, layout.gated)
         for s in layer_shapes(model)
     )
+    return total * batch_size
+
+
+def _count_stack_flops(model: nn.Module, seq_len, batch_size: int) -> int:
+    views = stack_views(model)
+    given = seq_len if isinstance(seq_len, dict) else {}
+    unknown = sorted(set(given) - set(views))
+    if unknown:
+        raise ValueError(f"seq_len names unknown stacks {unknown}: this model has {', '.join(views)}")
+    lengths = {name: given.get(name, seq_len if isinstance(seq_len, int) else default_seq_len(view.config))
+               for name, view in views.items()}
+    if batch_size <= 0 or any(not isinstance(n, int) or n <= 0 for n in lengths.values()):
+        raise ValueError(f"seq_len and batch_size must be positive, got {lengths} and {batch_size}")
+    total = 0
+    for name, view in views.items():
+        hidden, gated, T = view.config.hidden_size, view.hf_prune_layout.gated, lengths[name]
+        source = lengths.get(view.stack.source, T)
+        for s in layer_shapes(view):
+            total += layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, T, gated)
+            total += cross_attention_flops(hidden, s.cross_heads, s.head_dim, T, source) if s.cross_heads else 0
     return total * batch_size

@@ -9,12 +9,30 @@ gate_up_proj, grouped-query attention in llama-style decoders). Everything else 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn as nn
 
 from .fused import ATTENTION_PARTS, FFN_PARTS, Fused
 from .unsupported import refuse_unsupported
+
+
+@dataclass(frozen=True)
+class SharedBias:
+    """A per-head additive attention bias computed once and handed from layer to layer (T5's position bias).
+
+    Layer 0 builds it with its own head count and every later layer adds it to its scores, so once heads are
+    removed layer by layer the shapes and the columns no longer match. Surgery then gives every layer its own
+    bias: it copies layer 0's table (`Layout.head_bias`) into each layer, sets `flag` on each attention module
+    (T5's `has_relative_attention_bias`) and drops the `argument` each attention receives from the previous
+    layer, so each computes the bias of its own remaining heads (`hf_prune.surgery.width.own_head_bias`).
+    flag None: the bias has no table (T5's cross-attention hands on zeros); only the argument is dropped.
+    """
+
+    argument: str
+    flag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,10 @@ class Layout:
     inverse_index_scaling: str | None = None  # config flag: `attention.scaling` is divided by (layer_idx + 1)
     first_layer_differs: str | None = None  # module that layer 0 builds differently (ModernBERT: attn_norm is an
     # Identity there): removing layer 0 is refused, as a model built from the config would not rebuild its successor
+    attention_outputs: int = 2  # values `attention`'s forward returns (T5: output, position bias, weights)
+    head_bias: str | None = None  # from a layer: an embedding with one column per query head (T5's relative
+    # position bias table), sliced with the heads where the layer has one
+    shared_bias: SharedBias | None = None  # a per-head bias that one layer computes and the next layers reuse
 
     def __post_init__(self):
         """Fill `up` from a fused gate/up entry, and refuse a table line that contradicts itself."""
@@ -320,17 +342,193 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+# ----------------------------------------------------------------------------- several layer stacks
+
+@dataclass(frozen=True)
+class Stack:
+    """One layer stack of a multi-stack model type.
+
+    name: its key prefix ("encoder", "decoder", "text", "vision").
+    layout: where its layers and projections are (`layout.layers` from the model's base) and its config keys.
+    cross: the layout of each layer's cross-attention (attention fields name it; FFN fields are the stack's),
+        for decoder stacks of encoder-decoders; None otherwise.
+    config: attribute of the model config holding this stack's own config (CLIP's "text_config"), or None when
+        the stack reads the model config itself (T5, BART).
+    source: the stack whose outputs the cross-attention reads (its token count sets the cross-attention cost).
+    """
+
+    name: str
+    layout: Layout
+    cross: Layout | None = None
+    config: str | None = None
+    source: str | None = None
+
+
+def cross_layout(layout: Layout, block: str, q: str, k: str, v: str, o: str, **changes) -> Layout:
+    """The layout of a decoder layer's cross-attention: `layout` with its attention fields moved to `block`."""
+    return dataclasses.replace(
+        layout, attention=block, q=f"{block}.{q}", k=f"{block}.{k}", v=f"{block}.{v}", o=f"{block}.{o}", **changes
+    )
+
+
+def _t5_layout(decoder: bool, gated: bool, shared_bias: bool) -> Layout:
+    """One stack of T5 (mT5, UMT5): the FFN sublayer is layer.1 in the encoder, layer.2 in the decoder (after
+    cross-attention); a gated FFN (T5 v1.1, Flan-T5) is wo(act(wi_0 x) * wi_1 x)."""
+    attention = "layer.0.SelfAttention"
+    ffn = f"layer.{2 if decoder else 1}.DenseReluDense"
+    return Layout(
+        family="t5",
+        layers=f"{'decoder' if decoder else 'encoder'}.block",
+        attention=attention,
+        attention_includes_output=True,
+        q=f"{attention}.q",
+        k=f"{attention}.k",
+        v=f"{attention}.v",
+        o=f"{attention}.o",
+        up=f"{ffn}.wi_1" if gated else f"{ffn}.wi",
+        gate=f"{ffn}.wi_0" if gated else None,
+        down=f"{ffn}.wo",
+        head_dim_attr="key_value_proj_dim",
+        head_count_attrs=("n_heads",),
+        width_attrs=("inner_dim",),
+        config_heads="num_heads",
+        config_ffn="d_ff",
+        config_layers="num_decoder_layers" if decoder else "num_layers",
+        attention_outputs=3 if shared_bias else 2,  # T5's attention also returns the bias it hands on
+        head_bias=f"{attention}.relative_attention_bias",
+        # T5: layer 0 owns the table and hands its bias on; UMT5: every layer has its own table
+        shared_bias=SharedBias("position_bias", "has_relative_attention_bias") if shared_bias else None,
+        first_layer_differs=f"{attention}.relative_attention_bias" if shared_bias else None,
+    )
+
+
+def _t5_stacks(config, shared_bias: bool = True) -> tuple[Stack, ...]:
+    gated = bool(getattr(config, "is_gated_act", False))
+    decoder = _t5_layout(True, gated, shared_bias)
+    cross = cross_layout(
+        decoder, "layer.1.EncDecAttention", "q", "k", "v", "o", head_bias=None, first_layer_differs=None,
+        shared_bias=SharedBias("position_bias") if shared_bias else None,  # T5 hands on layer 0's zeros
+    )
+    return (
+        Stack("encoder", _t5_layout(False, gated, shared_bias)),
+        Stack("decoder", decoder, cross=cross, source="encoder"),
+    )
+
+
+def _bart_layout(stack: str) -> Layout:
+    """One stack of BART and its relatives: config keys are `encoder_*` / `decoder_*`."""
+    return Layout(
+        family="bart",
+        layers=f"{stack}.layers",
+        attention="self_attn",
+        attention_includes_output=True,
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        o="self_attn.out_proj",
+        up="fc1",
+        down="fc2",
+        head_count_attrs=("num_heads",),
+        config_heads=f"{stack}_attention_heads",
+        config_ffn=f"{stack}_ffn_dim",
+        config_layers=f"{stack}_layers",
+    )
+
+
+BART_STACKS = (
+    Stack("encoder", _bart_layout("encoder")),
+    Stack(
+        "decoder", _bart_layout("decoder"), source="encoder",
+        cross=cross_layout(_bart_layout("decoder"), "encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
+    ),
+)
+
+
+def _tower_layout(family: str, tower: str | None) -> Layout:
+    """One tower of CLIP / SigLIP: pre-norm layers with q/k/v/out_proj and mlp.fc1/fc2. tower: "text" or "vision"
+    inside a two-tower model; None for a single-tower model (CLIPVisionModel), whose base holds the encoder."""
+    return Layout(
+        family=family,
+        layers=f"{tower}_model.encoder.layers" if tower else "encoder.layers",
+        attention="self_attn",
+        attention_includes_output=True,
+        q="self_attn.q_proj",
+        k="self_attn.k_proj",
+        v="self_attn.v_proj",
+        o="self_attn.out_proj",
+        up="mlp.fc1",
+        down="mlp.fc2",
+        head_count_attrs=("num_heads",),
+    )
+
+
+def _towers(family: str) -> tuple[Stack, ...]:
+    return (
+        Stack("text", _tower_layout(family, "text"), config="text_config"),
+        Stack("vision", _tower_layout(family, "vision"), config="vision_config"),
+    )
+
+
+# model_type -> its stacks (or a function of the config giving them). Models with one stack are in LAYOUTS.
+STACKS: dict[str, tuple[Stack, ...] | Callable[[object], tuple[Stack, ...]]] = {
+    "t5": _t5_stacks,
+    "mt5": _t5_stacks,
+    "umt5": lambda config: _t5_stacks(config, shared_bias=False),
+    "bart": BART_STACKS,
+    "mbart": BART_STACKS,
+    "plbart": BART_STACKS,
+    "marian": BART_STACKS,
+    "pegasus": BART_STACKS,
+    "blenderbot": BART_STACKS,
+    "blenderbot-small": BART_STACKS,
+    "m2m_100": BART_STACKS,
+    "clip": _towers("clip"),
+    "siglip": _towers("siglip"),
+}
+
+# single towers of the two-tower models load as single-stack models
+LAYOUTS.update({
+    "clip_text_model": _tower_layout("clip", None),
+    "clip_vision_model": _tower_layout("clip", None),
+    "siglip_text_model": _tower_layout("siglip", None),
+    "siglip_vision_model": _tower_layout("siglip", None),
+})
+
+
+def get_stacks(model_or_config) -> tuple[Stack, ...] | None:
+    """The layer stacks a multi-stack model type can have, in order; None for a single-stack model (or a view)."""
+    if isinstance(getattr(model_or_config, "hf_prune_layout", None), Layout):
+        return None  # a StackView is one stack
+    config = getattr(model_or_config, "config", model_or_config)
+    spec = STACKS.get(getattr(config, "model_type", None))
+    if spec is None:
+        return None
+    refuse_unsupported(config)
+    return spec(config) if callable(spec) else spec
+
+
 def supported_model_types() -> list[str]:
-    """Model types hf_prune can prune, sorted."""
-    return sorted(LAYOUTS)
+    """Model types hf_prune can prune, sorted (single- and multi-stack)."""
+    return sorted({*LAYOUTS, *STACKS})
 
 
 def get_layout(model_or_config) -> Layout:
     """Return the layout of a model (or config), or raise ValueError naming its model_type (and, for a model
     with experts, non-attention layers or shared key/values, what it has that hf_prune cannot prune)."""
+    view_layout = getattr(model_or_config, "hf_prune_layout", None)
+    if isinstance(view_layout, Layout):
+        return view_layout  # one stack of a multi-stack model (`hf_prune.architecture.stacks.StackView`)
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     refuse_unsupported(config)  # experts, linear-attention / hybrid layers, cross-layer KV sharing
+    stacks = get_stacks(config)
+    if stacks is not None:
+        names = ", ".join(stack.name for stack in stacks)
+        raise ValueError(
+            f"model_type {model_type!r} has several layer stacks ({names}). layer_shapes, prune_model, drop_layers, "
+            f"count_flops, count_parameters, save_pruned and load_pruned address its layers as \"<stack>.<layer>\" "
+            f"(hf_prune.layer_stacks(model) lists the stacks); this function supports single-stack models only"
+        )
     if model_type not in LAYOUTS:
         raise ValueError(
             f"hf_prune does not support model_type {model_type!r}. Supported model types: "
@@ -351,7 +549,24 @@ def base_model(model: nn.Module) -> nn.Module:
     return base if isinstance(base, nn.Module) else model
 
 
+def find_layers(model: nn.Module, layout: Layout) -> nn.ModuleList | None:
+    """The layer list at `layout.layers`, from the model's base model or else from the model itself (a tower class
+    whose base is its tower, CLIPTextModelWithProjection, keeps the tower's prefix); None when it has none."""
+    whole = model.model if isinstance(getattr(model, "hf_prune_layout", None), Layout) else model  # a StackView's model
+    for root in (base_model(model), whole):
+        try:
+            found = get_submodule(root, layout.layers)
+        except AttributeError:
+            continue
+        if isinstance(found, nn.ModuleList):
+            return found
+    return None
+
+
 def get_layers(model: nn.Module, layout: Layout | None = None) -> nn.ModuleList:
-    """The list of transformer layers of a supported model."""
+    """The list of transformer layers of a supported model (or of one stack, given a StackView)."""
     layout = layout or get_layout(model)
-    return get_submodule(base_model(model), layout.layers)
+    layers = find_layers(model, layout)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no layer list at {layout.layers!r} ({layout.family} layout)")
+    return layers

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.nn as nn
 
-from .layouts import Layout, get_layers, get_layout, get_submodule
+from .layouts import Layout, get_layers, get_layout, get_stacks, get_submodule
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class LayerShape:
     kv_heads: int  # key/value heads (== heads without grouped-query attention)
     ffn: int  # FFN neurons
     head_dim: int
+    cross_heads: int = 0  # cross-attention heads of a decoder layer of an encoder-decoder (0: it has none)
 
 
 def in_width(module: nn.Module, conv1d: bool) -> int:
@@ -53,7 +54,17 @@ def layer_shape(layer: nn.Module, layout: Layout) -> LayerShape:
     return LayerShape(heads=heads, kv_heads=kv_heads, ffn=ffn, head_dim=head_dim)
 
 
-def layer_shapes(model: nn.Module) -> list[LayerShape]:
-    """Current widths of every layer of a supported model."""
+def layer_shapes(model: nn.Module) -> list[LayerShape] | dict[str, list[LayerShape]]:
+    """Current widths of every layer of a supported model; for a model with several layer stacks (T5, BART,
+    CLIP) a dict {stack name: that stack's list}, decoder layers with their `cross_heads`."""
+    from .stacks import StackView, stack_views
+
+    if not isinstance(model, StackView) and get_stacks(model) is not None:
+        return {name: layer_shapes(view) for name, view in stack_views(model).items()}
     layout = get_layout(model)
-    return [layer_shape(layer, layout) for layer in get_layers(model, layout)]
+    shapes = [layer_shape(layer, layout) for layer in get_layers(model, layout)]
+    cross = model.stack.cross if isinstance(model, StackView) else None
+    if cross is not None:
+        layers = get_layers(model, layout)
+        shapes = [replace(s, cross_heads=layer_shape(layer, cross).heads) for s, layer in zip(shapes, layers)]
+    return shapes

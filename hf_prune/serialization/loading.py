@@ -17,11 +17,12 @@ import torch.nn as nn
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
-from ..architecture.config_entry import read_config_entry
-from ..architecture.layouts import get_layers, get_layout
+from ..architecture.config_entry import ENTRY_KEY, FORMAT_VERSION, read_config_entry
+from ..architecture.layouts import get_layers, get_layout, get_stacks
 from ..architecture.shapes import layer_shape, layer_shapes
+from ..architecture.stacks import stack_views
 from ..surgery.depth import restore_original_indices
-from ..surgery.width import resize_to_shapes
+from ..surgery.width import resize_to_entry
 
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder", "proxies")
 
@@ -57,6 +58,14 @@ def resolve_model_class(config, model_class=None) -> type[PreTrainedModel]:
 
 def _check_buildable(model: nn.Module, entry: dict) -> None:
     """The recorded widths must fit inside the dense skeleton built from the config (same GQA group layout too)."""
+    if get_stacks(model) is not None:
+        for name, view in stack_views(model).items():
+            if name in entry["stacks"]:
+                try:
+                    _check_buildable(view, entry["stacks"][name])
+                except ValueError as err:
+                    raise ValueError(f"stack {name!r}: {err}") from None
+        return
     layout = get_layout(model)
     for i, layer in enumerate(get_layers(model, layout)):
         dense = layer_shape(layer, layout)
@@ -87,8 +96,9 @@ def _pruned_builder(cls: type[PreTrainedModel], entry: dict) -> type[PreTrainedM
     def __init__(self, config, *args, **kwargs):
         cls.__init__(self, config, *args, **kwargs)
         _check_buildable(self, entry)
-        resize_to_shapes(self, entry["heads"], entry["kv_heads"], entry["ffn"])
-        restore_original_indices(self, entry["layers"])  # e.g. GPT-2's per-layer attention scaling
+        resize_to_entry(self, entry)
+        if "stacks" not in entry:
+            restore_original_indices(self, entry["layers"])  # e.g. GPT-2's per-layer attention scaling
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
 
@@ -132,6 +142,7 @@ def load_pruned(name_or_path: str | os.PathLike, model_class=None, **from_pretra
             _reraise_as_load_error(err, name_or_path, "reading config.json of")
     entry = read_config_entry(config)
     cls = resolve_model_class(config, model_class)
+    config, entry = _tower_config(config, entry, cls)
     builder = cls if entry is None else _pruned_builder(cls, entry)
     try:
         model = builder.from_pretrained(name_or_path, config=config, **from_pretrained_kwargs)
@@ -139,11 +150,41 @@ def load_pruned(name_or_path: str | os.PathLike, model_class=None, **from_pretra
         _reraise_as_load_error(err, name_or_path, "loading", pruned=entry is not None)
     model.__class__ = cls  # drop the throwaway subclass: the result is a plain transformers model
     if entry is not None:
-        loaded = layer_shapes(model)
-        for key in ("heads", "kv_heads", "ffn"):
-            if [getattr(s, key) for s in loaded] != entry[key]:
-                raise ValueError(
-                    f"the weights in {name_or_path} do not match config.json `hf_prune.{key}`: "
-                    f"the loaded model has {[getattr(s, key) for s in loaded]}"
-                )
+        _check_loaded(model, entry, name_or_path)
     return model
+
+
+def _check_loaded(model: nn.Module, entry: dict, name_or_path) -> None:
+    """The loaded model's widths are the entry's, stack by stack."""
+    loaded = layer_shapes(model)
+    stacks = entry.get("stacks", {None: entry})
+    loaded = loaded if isinstance(loaded, dict) else {None: loaded}
+    for name, fields in stacks.items():
+        if name not in loaded:
+            continue  # a tower this class does not build (CLIPForImageClassification has no text tower)
+        where = "hf_prune" if name is None else f"hf_prune.stacks.{name}"
+        for key in ("heads", "kv_heads", "ffn", "cross_heads"):
+            have = [getattr(s, key) for s in loaded[name]]
+            if key in fields and have != fields[key]:
+                raise ValueError(
+                    f"the weights in {name_or_path} do not match config.json `{where}.{key}`: the loaded model has {have}"
+                )
+
+
+def _tower_config(config, entry: dict | None, cls: type[PreTrainedModel]):
+    """(config, entry) for building `cls`: a single-tower class (CLIPVisionModel) asked to load a two-tower
+    checkpoint (CLIPModel) takes its tower's sub-config, with that tower's recorded widths as a format 2 entry."""
+    config_class = getattr(cls, "config_class", None)
+    sub_key = getattr(config_class, "base_config_key", None)
+    stacks = get_stacks(config)
+    if stacks is None or not sub_key or isinstance(config, config_class) or getattr(config, sub_key, None) is None:
+        return config, entry
+    sub = getattr(config, sub_key)
+    stack = next((s for s in stacks if s.config == sub_key), None)
+    fields = (entry or {}).get("stacks", {}).get(stack.name) if stack else None
+    if stack is None or fields is None:
+        return sub, None
+    tower_entry = {"format_version": FORMAT_VERSION, "family": get_layout(sub).family,
+                   **{k: v for k, v in fields.items() if k not in ("cross_heads",)}}
+    setattr(sub, ENTRY_KEY, tower_entry)
+    return sub, read_config_entry(sub)

@@ -16,9 +16,10 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from ..architecture.config_entry import ENTRY_KEY, layer_history, write_config_entry
-from ..architecture.layouts import Layout, get_layers, get_layout
+from ..architecture.config_entry import current_entry, layer_history, write_config_entry
+from ..architecture.layouts import Layout, get_layers, get_layout, get_stacks
 from ..architecture.shapes import layer_shapes
+from ..architecture.stacks import StackView, split_layers, stack_views
 
 # Config attributes that hold one entry per layer (sliced with the layers). Lists that merely happen to have
 # the layer count's length (architectures, token ids, ...) are left alone: only these names are per-layer.
@@ -76,8 +77,9 @@ def check_removable(layout: Layout, remove: Iterable[int]) -> None:
     """ValueError when the layout cannot lose one of these layers (its first layer is built differently)."""
     if layout.first_layer_differs is not None and 0 in set(remove):
         raise ValueError(
-            f"layer 0 of a {layout.family} model cannot be removed: it is built without the `{layout.first_layer_differs}` "
-            f"of the other layers, so the layer after it could not be rebuilt as the new first layer. Nothing was changed"
+            f"layer 0 of a {layout.family} model cannot be removed: it is built differently from the other layers "
+            f"(`{layout.first_layer_differs}`), so the layer after it could not be rebuilt as the new first layer. "
+            f"Nothing was changed"
         )
 
 
@@ -86,7 +88,7 @@ def fixed_layers(layout: Layout) -> list[int]:
     return [0] if layout.first_layer_differs is not None else []
 
 
-def _slice_config(config, layout: Layout, keep: list[int], n_layers: int) -> None:
+def _slice_config(config, layout: Layout, keep: list[int], n_layers: int, alias: bool = True) -> None:
     """Layer count, per-layer lists and Qwen-style `max_window_layers` follow the kept layers."""
     for key in PER_LAYER_CONFIG_KEYS:
         values = getattr(config, key, None)
@@ -97,7 +99,8 @@ def _slice_config(config, layout: Layout, keep: list[int], n_layers: int) -> Non
     if isinstance(window, int) and not isinstance(window, bool):
         config.max_window_layers = sum(1 for i in keep if i < window)
     setattr(config, layout.config_layers, len(keep))
-    if layout.config_layers != "num_hidden_layers" and hasattr(config, "num_hidden_layers"):
+    # alias False: one stack of several, whose config's num_hidden_layers may alias another stack's count (T5, BART)
+    if alias and layout.config_layers != "num_hidden_layers" and hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = len(keep)  # an alias of config_layers in transformers; set it in case it is not
 
 
@@ -143,7 +146,10 @@ def drop_layers(model: nn.Module, layers, optimizer: torch.optim.Optimizer | Non
     `layer_idx` is renumbered for the KV cache, and `model.config.hf_prune` records the original indices of
     the layers that remain (`layers`) and the original layer count (`base.num_layers`).
     optimizer: the removed layers' parameters leave its parameter groups and state.
+    Models with several layer stacks take "<stack>.<layer>" keys (`["encoder.3", "decoder.1"]`).
     """
+    if get_stacks(model) is not None:
+        return _drop_from_stacks(model, layers, optimizer)
     layout = get_layout(model)
     module_list = get_layers(model, layout)
     n_layers = len(module_list)
@@ -152,8 +158,8 @@ def drop_layers(model: nn.Module, layers, optimizer: torch.optim.Optimizer | Non
         return model
     check_removable(layout, remove)
     config = model.config
-    original, total = layer_history(config, n_layers)
-    previous = getattr(config, ENTRY_KEY, None)
+    original, total = layer_history(model, n_layers)
+    previous = current_entry(model)
     if isinstance(previous, dict):
         kept_heads = previous.get("kept_heads")
     else:  # never pruned: every layer keeps all its heads, in their dense order (as prune_model records them)
@@ -165,10 +171,24 @@ def drop_layers(model: nn.Module, layers, optimizer: torch.optim.Optimizer | Non
     for i in reversed(remove):  # in place on the same ModuleList, which renumbers its keys "0".."n-1"
         del module_list[i]
     renumber_layers(module_list)
-    _slice_config(config, layout, keep, n_layers)
+    _slice_config(config, layout, keep, n_layers, alias=not isinstance(model, StackView))
 
     entry = write_config_entry(model, layers=[original[i] for i in keep], total_layers=total)
     if isinstance(kept_heads, list) and len(kept_heads) == n_layers:
         entry["kept_heads"] = [kept_heads[i] for i in keep]
     return model
 
+
+
+def _drop_from_stacks(model: nn.Module, layers, optimizer) -> nn.Module:
+    """`drop_layers` with "<stack>.<layer>" keys: every stack's request is validated before any layer goes."""
+    views = stack_views(model)
+    requests = split_layers(layers, tuple(views))
+    for name, remove in requests.items():
+        try:
+            check_removable(views[name].hf_prune_layout, validate_layers(remove, len(get_layers(views[name]))))
+        except ValueError as err:
+            raise ValueError(f"stack {name!r}: {err}") from None
+    for name, remove in requests.items():
+        drop_layers(views[name], remove, optimizer=optimizer)
+    return model

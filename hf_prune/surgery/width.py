@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from ..architecture.config_entry import write_config_entry
 from ..architecture.fused import kept_rows, separate_rows
-from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
+from ..architecture.layouts import Layout, get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import LayerShape, in_width, layer_shape, layer_shapes
+from ..architecture.stacks import split_layers, split_request, stack_views
 from ..utils import materialized, offload_hook, offload_problem, read_offloaded, write_offloaded
 from .depth import as_layer_index, check_removable, drop_layers, validate_layer_request
 from .layer_config import with_layer_value
@@ -141,9 +142,11 @@ def _bias_output(proj: nn.Module, conv1d: bool, hidden_states: torch.Tensor) -> 
 
 
 def _empty_attention_forward(
-    attention: nn.Module, output: nn.Module | None, conv1d: bool, head_dim: int, hidden_states, *args, **kwargs
+    attention: nn.Module, output: nn.Module | None, conv1d: bool, head_dim: int, outputs: int, hidden_states, *args,
+    **kwargs,
 ):
-    """Forward of an attention block with no head left: its output is the output projection's bias."""
+    """Forward of an attention block with no head left: its output is the output projection's bias, followed by
+    `outputs - 1` Nones (attention weights; T5 also returns its position bias, which the next layer then computes)."""
     batch, seq = hidden_states.shape[:2]
     cache = _find_cache(kwargs)
     layer_idx = getattr(attention, "layer_idx", None)
@@ -152,8 +155,8 @@ def _empty_attention_forward(
         empty = hidden_states.new_zeros(batch, 0, seq, head_dim)  # (B, 0 heads, T, hs)
         cache.update(empty, empty, layer_idx)
     if output is None:  # the caller applies the output projection (BERT's attention.output.dense)
-        return hidden_states.new_zeros(batch, seq, 0), None  # (B, T, 0): no head contributes
-    return _bias_output(output, conv1d, hidden_states), None
+        return (hidden_states.new_zeros(batch, seq, 0), *[None] * (outputs - 1))  # (B, T, 0): no head contributes
+    return (_bias_output(output, conv1d, hidden_states), *[None] * (outputs - 1))
 
 
 def _empty_ffn_forward(down: nn.Module, conv1d: bool, hidden_states, *args, **kwargs):
@@ -161,15 +164,15 @@ def _empty_ffn_forward(down: nn.Module, conv1d: bool, hidden_states, *args, **kw
     return _bias_output(down, conv1d, hidden_states)
 
 
-def _install_empty_forwards(layer: nn.Module, layout: Layout, shape: LayerShape) -> None:
+def _install_empty_forwards(layer: nn.Module, layout: Layout, shape: LayerShape, ffn: bool = True) -> None:
     """Give blocks that lost every unit a forward that returns their bias (a width-0 view would fail)."""
     attention = get_submodule(layer, layout.attention)
     if shape.heads == 0:
         output = get_submodule(layer, layout.o) if layout.attention_includes_output else None
         attention.forward = functools.partial(
-            _empty_attention_forward, attention, output, layout.conv1d, shape.head_dim
+            _empty_attention_forward, attention, output, layout.conv1d, shape.head_dim, layout.attention_outputs
         )
-    if shape.ffn == 0 and layout.ffn is not None:
+    if ffn and shape.ffn == 0 and layout.ffn is not None:
         ffn = get_submodule(layer, layout.ffn)
         ffn.forward = functools.partial(_empty_ffn_forward, get_submodule(layer, layout.down), layout.conv1d)
 
@@ -186,6 +189,11 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
     _slice_projection_rows(layer, layout, keep, counts, d, state)
     slice_inputs(get_submodule(layer, layout.o), head_columns(keep_heads, d), layout.conv1d, state)
 
+    table = _find(layer, layout.head_bias)
+    if table is not None:  # one column per head (T5's relative position bias)
+        _slice_tensor(table, "weight", 1, torch.as_tensor(keep_heads, dtype=torch.long), state)
+        table.embedding_dim = len(keep_heads)
+
     attention = get_submodule(layer, layout.attention)
     n_heads, n_kv = len(keep_heads), len(keep_kv)
     for attr in layout.head_count_attrs:
@@ -198,6 +206,51 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
         setattr(attention, layout.kv_groups_attr, n_heads // n_kv if n_kv else 1)
     if layout.attention_config_heads is not None:
         attention.config = with_layer_value(attention.config, layout.attention_config_heads, n_heads)
+
+
+def _find(layer: nn.Module, path: str | None) -> nn.Module | None:
+    """The submodule at `path`, or None when the path is None or this layer has no such module."""
+    if path is None:
+        return None
+    try:
+        return get_submodule(layer, path)
+    except AttributeError:
+        return None
+
+
+def _drop_argument(argument: str, module, args, kwargs):
+    """Forward pre-hook: the attention ignores the `argument` handed on by the previous layer (computes its own)."""
+    if kwargs.get(argument) is not None:
+        kwargs = {**kwargs, argument: None}
+    return args, kwargs
+
+
+def own_head_bias(layers: nn.ModuleList, layout: Layout) -> None:
+    """Give every layer its own copy of a per-head bias that layer 0 computes and hands on (`Layout.shared_bias`,
+    T5), so heads can then be cut layer by layer. Call it before the first cut; a second call changes nothing.
+
+    Each layer gets a copy of layer 0's table (its columns are the same dense heads), the attention's flag is set
+    so it computes the bias itself, and a pre-hook drops the bias handed on from the layer before.
+    """
+    shared = layout.shared_bias
+    if shared is None:
+        return
+    first = _find(layers[0], layout.head_bias) if shared.flag else None
+    for layer in layers:
+        attention = get_submodule(layer, layout.attention)
+        if getattr(attention, "_hf_prune_own_bias", False):
+            continue
+        if first is not None and _find(layer, layout.head_bias) is None:
+            parent, _, name = layout.head_bias.rpartition(".")
+            device = get_submodule(layer, layout.o).weight.device  # the layer's own device under a device_map
+            table = nn.Embedding(first.num_embeddings, first.embedding_dim, device=device, dtype=first.weight.dtype)
+            if device.type != "meta":  # a skeleton being built by load_pruned gets its values from the checkpoint
+                table.weight.data.copy_(first.weight.data.to(device))
+            table.weight.requires_grad_(first.weight.requires_grad)
+            setattr(get_submodule(layer, parent), name, table)
+            setattr(attention, shared.flag, True)
+        attention.register_forward_pre_hook(functools.partial(_drop_argument, shared.argument), with_kwargs=True)
+        attention._hf_prune_own_bias = True
 
 
 def _cut_neurons(layer: nn.Module, layout: Layout, keep: list[int], state=None) -> None:
@@ -285,9 +338,59 @@ def plan_cuts(model: nn.Module, heads=None, neurons=None) -> dict[int, tuple]:
 # ----------------------------------------------------------------------------- public entry points
 
 
+def _apply_cuts(layers: nn.ModuleList, layout: Layout, cuts: dict[int, tuple], state=None, ffn: bool = True) -> None:
+    """Apply validated cuts {layer: (keep_heads, keep_kv, keep_neurons)} (from `plan_cuts`) to one stack's layers."""
+    if any(keep_heads is not None for keep_heads, _, _ in cuts.values()):
+        own_head_bias(layers, layout)
+    for idx, (keep_heads, keep_kv, keep_neurons) in cuts.items():
+        layer = layers[idx]
+        if keep_heads is not None:
+            _cut_heads(layer, layout, keep_heads, keep_kv, state)
+        if keep_neurons is not None:
+            _cut_neurons(layer, layout, keep_neurons, state)
+        _install_empty_forwards(layer, layout, layer_shape(layer, layout), ffn=ffn)
+
+
+def _prune_stacks(model: nn.Module, heads, neurons, cross_heads, layers, optimizer) -> nn.Module:
+    """`prune_model` on a model with several layer stacks: keys are "<stack>.<layer>"; all validated first."""
+    views = stack_views(model)
+    names = tuple(views)
+    requests = {kind: split_request(value, names, kind)
+                for kind, value in (("heads", heads), ("neurons", neurons), ("cross_heads", cross_heads))}
+    removals = split_layers(layers, names)
+    plans = {}
+    for name, view in views.items():
+        try:
+            if name in requests["cross_heads"] and view.stack.cross is None:
+                with_cross = [n for n, v in views.items() if v.stack.cross is not None]
+                raise ValueError(f"it has no cross-attention; `cross_heads` keys name {' or '.join(with_cross) or 'none'}")
+            cuts = plan_cuts(view, requests["heads"].get(name), requests["neurons"].get(name))
+            cross_cuts = plan_cuts(view.cross_view(), requests["cross_heads"].get(name)) if view.stack.cross else {}
+            remove = validate_layer_request(removals.get(name), len(get_layers(view)), set(cuts) | set(cross_cuts))
+            check_removable(view.hf_prune_layout, remove)
+            check_writable(view, cuts)
+            if cross_cuts:
+                check_writable(view.cross_view(), cross_cuts)
+        except ValueError as err:
+            raise ValueError(f"stack {name!r}: {err}") from None
+        plans[name] = (cuts, cross_cuts, remove)
+    state = optimizer.state if optimizer is not None else None
+    for name, (cuts, cross_cuts, _) in plans.items():
+        stack_layers = get_layers(views[name])
+        _apply_cuts(stack_layers, views[name].hf_prune_layout, cuts, state)
+        if cross_cuts:
+            _apply_cuts(stack_layers, views[name].stack.cross, cross_cuts, state, ffn=False)
+    write_config_entry(model)
+    for name, (_, _, remove) in plans.items():
+        if remove:
+            drop_layers(views[name], remove, optimizer=optimizer)
+    return model
+
+
 @torch.no_grad()
 def prune_model(
-    model: nn.Module, heads=None, neurons=None, layers=None, optimizer: torch.optim.Optimizer | None = None
+    model: nn.Module, heads=None, neurons=None, layers=None, optimizer: torch.optim.Optimizer | None = None,
+    cross_heads=None,
 ) -> nn.Module:
     """Remove attention heads, FFN neurons and whole layers in place and return the model.
 
@@ -305,7 +408,14 @@ def prune_model(
     Models loaded with a `device_map` work: weights are sliced on their own devices, and weights offloaded by
     accelerate (CPU or disk) are read through their hook, sliced and written back as offloaded entries
     (`hf_prune.utils.write_offloaded`); a weight on the meta device with no hook raises ValueError first.
+    Models with several layer stacks (T5, BART, CLIP; `hf_prune.layer_stacks`) take "<stack>.<layer>" keys
+    (`heads={"encoder.3": [0, 1]}`, `layers=["decoder.5"]`), and `cross_heads` removes cross-attention heads of
+    decoder layers (`cross_heads={"decoder.2": [1]}`).
     """
+    if get_stacks(model) is not None:
+        return _prune_stacks(model, heads, neurons, cross_heads, layers, optimizer)
+    if cross_heads:
+        raise ValueError(f"`cross_heads` given, but a {get_layout(model).family} model has no cross-attention")
     layout = get_layout(model)
     cuts = plan_cuts(model, heads, neurons)
     layers_module = get_layers(model, layout)
@@ -314,13 +424,8 @@ def prune_model(
     check_writable(model, cuts)
     state = optimizer.state if optimizer is not None else None
     kept = _original_heads(model)
-    for idx, (keep_heads, keep_kv, keep_neurons) in cuts.items():
-        layer = layers_module[idx]
-        if keep_heads is not None:
-            _cut_heads(layer, layout, keep_heads, keep_kv, state)
-        if keep_neurons is not None:
-            _cut_neurons(layer, layout, keep_neurons, state)
-        _install_empty_forwards(layer, layout, layer_shape(layer, layout))
+    _apply_cuts(layers_module, layout, cuts, state)
+    for idx, (keep_heads, _, _) in cuts.items():
         if kept is not None and keep_heads is not None:
             kept[idx] = [kept[idx][h] for h in keep_heads]
     entry = write_config_entry(model)
@@ -344,10 +449,30 @@ def _original_heads(model: nn.Module) -> list[list[int]] | None:
 
 
 @torch.no_grad()
-def resize_to_shapes(model: nn.Module, heads: list[int], kv_heads: list[int], ffn: list[int]) -> None:
-    """Shrink every layer to the given widths by keeping the first units (used to rebuild shapes before loading)."""
+def resize_to_entry(model: nn.Module, entry: dict) -> None:
+    """Shrink a freshly built skeleton to the widths of a validated config entry (`read_config_entry`)."""
+    if get_stacks(model) is None:
+        resize_to_shapes(model, entry["heads"], entry["kv_heads"], entry["ffn"])
+        return
+    for name, view in stack_views(model).items():
+        fields = entry["stacks"].get(name)
+        if fields is None:
+            continue  # a stack the entry does not record keeps the config's widths
+        resize_to_shapes(view, fields["heads"], fields["kv_heads"], fields["ffn"])
+        if view.stack.cross is not None:
+            cross = view.cross_view()
+            resize_to_shapes(cross, fields["cross_heads"], fields["cross_heads"], None)
+
+
+@torch.no_grad()
+def resize_to_shapes(model: nn.Module, heads: list[int], kv_heads: list[int], ffn: list[int] | None) -> None:
+    """Shrink every layer to the given widths by keeping the first units (used to rebuild shapes before loading).
+    ffn None: leave the FFN alone (a cross-attention view of a decoder stack)."""
     layout = get_layout(model)
-    for idx, layer in enumerate(get_layers(model, layout)):
+    layers = get_layers(model, layout)
+    if any(h != layer_shape(layer, layout).heads for h, layer in zip(heads, layers)):
+        own_head_bias(layers, layout)
+    for idx, layer in enumerate(layers):
         shape = layer_shape(layer, layout)
         if heads[idx] != shape.heads or kv_heads[idx] != shape.kv_heads:
             if layout.grouped and kv_heads[idx]:
@@ -356,6 +481,6 @@ def resize_to_shapes(model: nn.Module, heads: list[int], kv_heads: list[int], ff
             else:
                 keep = list(range(heads[idx]))
             _cut_heads(layer, layout, keep, list(range(kv_heads[idx])) if layout.grouped else keep)
-        if ffn[idx] != shape.ffn:
+        if ffn is not None and ffn[idx] != shape.ffn:
             _cut_neurons(layer, layout, list(range(ffn[idx])))
-        _install_empty_forwards(layer, layout, layer_shape(layer, layout))
+        _install_empty_forwards(layer, layout, layer_shape(layer, layout), ffn=ffn is not None)

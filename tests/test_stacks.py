@@ -1,0 +1,294 @@
+"""Models with several layer stacks: T5/BART-style encoder-decoders and CLIP/SigLIP two-tower models.
+
+Keys are "<stack>.<layer>"; removing heads, cross-attention heads and neurons that contribute nothing leaves the
+outputs unchanged (for T5, each layer keeps the position-bias columns of its own remaining heads); the pruned
+model saves and reloads with identical outputs; bad requests change nothing.
+"""
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+from test_surgery import silence
+from tiny_stacks import SINGLE_TOWERS, STACKED, make_stacked, make_tower, stacked_inputs, stacked_output, tower_inputs
+
+from hf_prune import (
+    compute_importance,
+    count_flops,
+    count_parameters,
+    drop_layers,
+    layer_shapes,
+    layer_stacks,
+    load_pruned,
+    prune_model,
+    read_config_entry,
+    save_pruned,
+    supported_model_types,
+)
+from hf_prune.architecture.counting import cross_attention_flops, layer_flops
+from hf_prune.architecture.layouts import get_layers, get_layout, get_submodule
+from hf_prune.architecture.stacks import stack_views
+
+SEQ2SEQ = [name for name, (_, _, kind) in STACKED.items() if kind == "seq2seq"]
+TOWERS = [name for name, (_, _, kind) in STACKED.items() if kind == "towers"]
+
+
+def request_for(name: str) -> dict:
+    """Non-uniform heads (one layer loses every head), cross heads (one layer loses all) and neurons, per stack."""
+    if name in TOWERS:
+        vision = 4 if name == "siglip" else 6
+        return {"heads": {"text.0": [0, 3], "vision.1": [1, 2], "vision.2": list(range(vision))},
+                "neurons": {"text.1": list(range(37)), "vision.0": [0, 5, 52]}}
+    decoder_ffn = 37 if name.startswith(("t5", "mt5", "umt5")) else 29
+    return {"heads": {"encoder.1": [0], "encoder.2": [1, 2], "decoder.0": list(range(4))},
+            "cross_heads": {"decoder.1": [3], "decoder.0": list(range(4))},
+            "neurons": {"decoder.0": list(range(decoder_ffn)), "encoder.0": [3, 4, 36]}}
+
+
+def silence_request(model, request: dict) -> None:
+    """Zero what `request` removes, so the removal cannot change the outputs."""
+    views = stack_views(model)
+    for kind in ("heads", "neurons", "cross_heads"):
+        for key, units in request.get(kind, {}).items():
+            stack, layer = key.split(".")
+            view = views[stack].cross_view() if kind == "cross_heads" else views[stack]
+            silence(view, {int(layer): units} if kind != "neurons" else {}, {int(layer): units} if kind == "neurons" else {})
+
+
+def test_supported_and_stack_names():
+    assert {"t5", "mt5", "umt5", "bart", "mbart", "marian", "pegasus", "clip", "siglip"} <= set(supported_model_types())
+    assert layer_stacks(make_stacked("t5")) == ["encoder", "decoder"]
+    assert layer_stacks(make_stacked("clip")) == ["text", "vision"]
+    assert layer_stacks(tf.T5EncoderModel(STACKED["t5"][0]())) == ["encoder"]
+    assert layer_stacks(tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                   intermediate_size=37))) == []
+
+
+def test_layer_shapes_are_per_stack():
+    shapes = layer_shapes(make_stacked("clip"))
+    assert [(s.heads, s.ffn) for s in shapes["text"]] == [(4, 37)] * 2
+    assert [(s.heads, s.ffn) for s in shapes["vision"]] == [(6, 53)] * 3
+    t5 = layer_shapes(make_stacked("t5"))
+    assert [s.cross_heads for s in t5["encoder"]] == [0, 0, 0] and [s.cross_heads for s in t5["decoder"]] == [4, 4]
+
+
+@pytest.mark.parametrize("name", list(STACKED))
+def test_removing_silent_units_keeps_outputs_and_reload_is_identical(name, tmp_path):
+    model, inputs, request = make_stacked(name), stacked_inputs(name), request_for(name)
+    silence_request(model, request)
+    before = stacked_output(model, inputs)
+    params = count_parameters(model)
+    prune_model(model, **request)
+    after = stacked_output(model, inputs)
+    torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-4)
+    assert count_parameters(model) < params
+    shapes = layer_shapes(model)
+    if name in TOWERS:
+        assert [s.heads for s in shapes["vision"]][1:] == [4 if name == "clip" else 2, 0]
+        assert shapes["text"][1].ffn == 0
+    else:
+        assert [s.heads for s in shapes["encoder"]] == [4, 3, 2]
+        assert [(s.heads, s.cross_heads) for s in shapes["decoder"]] == [(0, 0), (4, 3)]
+        assert shapes["decoder"][0].ffn == 0
+
+    save_pruned(model, tmp_path / "pruned")
+    entry = json.loads((tmp_path / "pruned" / "config.json").read_text())["hf_prune"]
+    assert entry["format_version"] == 3 and set(entry["stacks"]) == set(layer_stacks(model))
+    reloaded = load_pruned(tmp_path / "pruned").eval()
+    assert torch.equal(stacked_output(reloaded, inputs), after)
+    assert layer_shapes(reloaded) == shapes
+
+
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_greedy_generation_after_pruning_and_reload(name, tmp_path):
+    """Generation uses the KV cache; a pruned encoder-decoder and its reload generate the same tokens."""
+    model = make_stacked(name)
+    prune_model(model, **request_for(name))
+    inputs = stacked_inputs(name)
+    tokens = model.generate(inputs["input_ids"], max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    save_pruned(model, tmp_path / "m")
+    again = load_pruned(tmp_path / "m").generate(inputs["input_ids"], max_new_tokens=6, do_sample=False,
+                                                 min_new_tokens=6)
+    assert torch.equal(tokens, again) and tokens.shape[1] >= 6
+
+
+def test_t5_heads_keep_their_own_position_bias_columns():
+    """Removing a T5 head that does contribute: each later layer must still use the bias of its own heads, so the
+    result equals running the dense model with that head's output columns zeroed."""
+    model = make_stacked("t5")
+    inputs = stacked_inputs("t5")
+    reference = make_stacked("t5")
+    silence(stack_views(reference)["encoder"], {0: [1], 2: [0, 3]}, {})  # same heads silenced in a dense copy
+    prune_model(model, heads={"encoder.0": [1], "encoder.2": [0, 3]})
+    torch.testing.assert_close(stacked_output(model, inputs), stacked_output(reference, inputs), atol=2e-5, rtol=1e-4)
+    tables = [block.layer[0].SelfAttention.relative_attention_bias.weight for block in model.encoder.block]
+    dense_table = reference.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    assert torch.equal(tables[0], dense_table[:, [0, 2, 3]])
+    assert torch.equal(tables[1], dense_table) and torch.equal(tables[2], dense_table[:, [1, 2]])
+
+
+def test_uniform_ffn_writes_plain_keys_only_where_every_stack_agrees(tmp_path):
+    bart = make_stacked("bart")
+    prune_model(bart, neurons={f"decoder.{i}": [0, 1] for i in range(2)})
+    assert bart.config.decoder_ffn_dim == 27 and bart.config.encoder_ffn_dim == 37
+    bart.save_pretrained(tmp_path / "bart")
+    plain = tf.BartForConditionalGeneration.from_pretrained(tmp_path / "bart").eval()  # vanilla loading works
+    inputs = stacked_inputs("bart")
+    assert torch.equal(stacked_output(plain, inputs), stacked_output(bart, inputs))
+
+    t5 = make_stacked("t5")  # d_ff is shared by both stacks: written only when both agree
+    prune_model(t5, neurons={f"encoder.{i}": [0] for i in range(3)})
+    assert t5.config.d_ff == 37
+    prune_model(t5, neurons={f"decoder.{i}": [5] for i in range(2)})
+    assert t5.config.d_ff == 36
+
+
+def test_clip_checkpoint_loads_into_a_single_tower_class(tmp_path):
+    model = make_stacked("clip")
+    prune_model(model, heads={"vision.1": [0, 5]}, neurons={"vision.2": list(range(10)), "text.0": [1]})
+    save_pruned(model, tmp_path / "clip")
+    vision = load_pruned(tmp_path / "clip", model_class=tf.CLIPVisionModel).eval()
+    assert [s.heads for s in layer_shapes(vision)] == [6, 4, 6]
+    pixels = stacked_inputs("clip")["pixel_values"]
+    with torch.no_grad():
+        assert torch.equal(vision(pixel_values=pixels).pooler_output, model.vision_model(pixel_values=pixels).pooler_output)
+
+
+def test_flops_per_stack_with_cross_attention():
+    model = make_stacked("bart")
+    prune_model(model, heads={"encoder.0": [0]}, cross_heads={"decoder.1": [0, 1]}, neurons={"decoder.1": [3]})
+    prune_model(model, cross_heads={"decoder.1": [0]})  # 4 -> 3 -> 1 cross heads in decoder layer 1
+    expected = layer_flops(32, 3, 3, 8, 37, 20, False) + 2 * layer_flops(32, 4, 4, 8, 37, 20, False)
+    expected += layer_flops(32, 4, 4, 8, 29, 6, False) + layer_flops(32, 4, 4, 8, 28, 6, False)
+    expected += cross_attention_flops(32, 4, 8, 6, 20) + cross_attention_flops(32, 1, 8, 6, 20)
+    assert count_flops(model, seq_len={"encoder": 20, "decoder": 6}) == expected
+    assert count_flops(model, seq_len=6, batch_size=2) == 2 * count_flops(model, seq_len={"encoder": 6, "decoder": 6})
+    with pytest.raises(ValueError, match="unknown stacks"):
+        count_flops(model, seq_len={"middle": 3})
+    clip = make_stacked("clip")  # the vision tower defaults to its 16 patches + 1
+    assert count_flops(clip) == count_flops(clip, seq_len={"text": 128, "vision": 17})
+
+
+def test_flops_formula_matches_flop_counter_on_an_encoder_decoder():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_stacked("bart")
+    model.config._attn_implementation = "eager"  # QK^T and AV as plain matmuls
+    prune_model(model, heads={"encoder.0": [0, 2]}, cross_heads={"decoder.1": [1]}, neurons={"decoder.0": [0, 1, 2]})
+    inputs = stacked_inputs("bart")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(input_ids=inputs["input_ids"][:1], decoder_input_ids=inputs["decoder_input_ids"][:1])
+    per_module = counter.get_flop_counts()
+    root = type(model).__name__
+    names = [f"{root}.model.encoder.layers.{i}" for i in range(3)] + [f"{root}.model.decoder.layers.{i}" for i in range(2)]
+    measured = sum(sum(per_module[name].values()) for name in names if name in per_module)
+    assert measured > 0
+    assert count_flops(model, seq_len={"encoder": 9, "decoder": 5}) == pytest.approx(measured, rel=0.01)
+
+
+def test_depth_on_one_stack(tmp_path):
+    model = make_stacked("bart")
+    inputs = stacked_inputs("bart")
+    drop_layers(model, ["decoder.1", "encoder.0"])
+    assert model.config.decoder_layers == 1 and model.config.encoder_layers == 2
+    entry = read_config_entry(model.config)
+    assert entry["stacks"]["decoder"]["layers"] == [0] and entry["stacks"]["encoder"]["layers"] == [1, 2]
+    save_pruned(model, tmp_path / "m")
+    assert torch.equal(stacked_output(load_pruned(tmp_path / "m"), inputs), stacked_output(model, inputs))
+    t5 = make_stacked("t5")
+    with pytest.raises(ValueError, match="layer 0 .* cannot be removed"):
+        drop_layers(t5, ["encoder.0"])
+    drop_layers(t5, ["decoder.1"])
+    assert t5.config.num_decoder_layers == 1 and t5.config.num_layers == 3
+
+
+BAD_REQUESTS = [
+    ({"heads": {3: [0]}}, "must be \"<stack>.<layer>\""),
+    ({"heads": {"middle.1": [0]}}, "stack one of encoder, decoder"),
+    ({"heads": {"encoder.7": [0]}}, "stack 'encoder'.*out of range"),
+    ({"heads": {"decoder.0": [0]}, "neurons": {"encoder.1": [99]}}, "stack 'encoder'.*neuron 99"),
+    ({"cross_heads": {"encoder.0": [0]}}, "no cross-attention"),
+    ({"cross_heads": {"decoder.0": [4]}}, "head 4 of layer 0 is out of range"),
+    ({"heads": {"decoder.1": [0]}, "layers": ["decoder.1"]}, "removed by `layers` and also listed"),
+    ({"heads": "all"}, "must be a dict"),
+]
+
+
+@pytest.mark.parametrize("request_, message", BAD_REQUESTS)
+def test_bad_requests_change_nothing(request_, message):
+    model = make_stacked("t5")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        prune_model(model, **request_)
+    assert getattr(model.config, "hf_prune", None) is None
+    after = model.state_dict()
+    assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
+
+
+def test_cross_heads_refused_on_models_without_cross_attention():
+    with pytest.raises(ValueError, match="no cross-attention"):
+        prune_model(make_stacked("clip"), cross_heads={"text.0": [0]})
+
+
+def test_single_stack_functions_refuse_multi_stack_models_clearly():
+    with pytest.raises(ValueError, match="several layer stacks \\(encoder, decoder\\)"):
+        compute_importance(make_stacked("t5"), [stacked_inputs("t5")])
+
+
+DAMAGED = [
+    (lambda e: e.update(format_version=2), "several layer stacks"),
+    (lambda e: e["stacks"].update(middle=e["stacks"]["encoder"]), "must name some of encoder, decoder"),
+    (lambda e: e["stacks"]["decoder"].update(cross_heads=[4, 9]), "stacks.decoder.cross_heads\\[1\\]"),
+    (lambda e: e["stacks"]["encoder"].update(heads=[4, 4]), "stacks.encoder.heads` has 2 entries"),
+    (lambda e: e["stacks"]["decoder"]["base"].update(cross_heads=8), "base.cross_heads"),
+    (lambda e: e.update(stacks=[1]), "must be an object"),
+]
+
+
+@pytest.mark.parametrize("edit, message", DAMAGED)
+def test_damaged_stack_entry_gives_a_clear_error(edit, message, tmp_path):
+    model = make_stacked("t5")
+    prune_model(model, heads={"encoder.1": [0]}, cross_heads={"decoder.1": [2]})
+    save_pruned(model, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    edit(config["hf_prune"])
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load_pruned(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", list(STACKED))
+def test_stack_layouts_match_installed_transformers(name):
+    model = make_stacked(name)
+    for view in stack_views(model).values():
+        for layout in filter(None, (view.hf_prune_layout, view.stack.cross)):
+            assert len(get_layers(view)) == getattr(view.config, layout.config_layers)
+            for layer in get_layers(view):
+                for path in filter(None, (layout.q, layout.k, layout.v, layout.o, layout.up, layout.gate, layout.down)):
+                    assert isinstance(get_submodule(layer, path), torch.nn.Linear), path
+                attention = get_submodule(layer, layout.attention)
+                for attr in (layout.head_dim_attr, *layout.head_count_attrs, *layout.width_attrs):
+                    assert hasattr(attention, attr), attr
+                assert getattr(attention, layout.head_count_attrs[0]) == getattr(view.config, layout.config_heads)
+
+
+@pytest.mark.parametrize("model_type", sorted(SINGLE_TOWERS))
+def test_single_towers_prune_and_reload(model_type, tmp_path):
+    """CLIPVisionModel, SiglipTextModel, ...: single-stack models with integer keys."""
+    model, inputs = make_tower(model_type), tower_inputs(model_type)
+    assert model.config.model_type == model_type and layer_stacks(model) == []
+    heads = get_layout(model).head_count_attrs and layer_shapes(model)[0].heads
+    silence(model, {0: [1], 1: list(range(heads))}, {0: [0, 2]})
+    with torch.no_grad():
+        before = model(**inputs).last_hidden_state
+    prune_model(model, heads={0: [1], 1: list(range(heads))}, neurons={0: [0, 2]})
+    with torch.no_grad():
+        after = model(**inputs).last_hidden_state
+    torch.testing.assert_close(after, before, atol=2e-5, rtol=1e-4)
+    assert [s.heads for s in layer_shapes(model)][:2] == [heads - 1, 0]
+    save_pruned(model, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(load_pruned(tmp_path / "m")(**inputs).last_hidden_state, after)
