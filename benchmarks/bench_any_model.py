@@ -30,11 +30,10 @@ is the number to read.) With Hub access, any supported model, for example (revie
     .venv/bin/python benchmarks/bench_any_model.py --model microsoft/Phi-3-mini-4k-instruct --text wiki.test.raw \\
         --block-size 512 --calibration 32 --eval 64 --dtype bfloat16
     .venv/bin/python benchmarks/bench_any_model.py --model microsoft/deberta-v3-base --labelled reviews.csv
-    .venv/bin/python benchmarks/bench_any_model.py --model google-t5/t5-small --text wiki.test.raw
-    .venv/bin/python benchmarks/bench_any_model.py --model openai/clip-vit-base-patch32 --labelled reviews.csv
 
-A model type hf_prune does not support yet (today `deberta-v2`, `t5`, `clip`) is refused before any weight is
-loaded, with the ValueError that names its model type (and, for models with experts, linear-attention layers
+A model type this script cannot run yet (today models with several layer stacks, `t5`, `bart`, `clip`: surgery
+and loading support them, importance does not) is refused before any weight is loaded, with the ValueError
+that names its model type (and, for models with experts, linear-attention layers
 or shared key/values, what they have); `hf_prune.supported_model_types()` lists what runs. Text metrics only:
 image classifiers (ViT) are pruned by the library, but this script has no image data.
 """

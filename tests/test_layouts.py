@@ -24,7 +24,7 @@ def test_layout_matches_installed_transformers(model_type):
     projection = Conv1D if layout.conv1d else nn.Linear
     names = [layout.q, layout.k, layout.v, layout.qkv, layout.o, layout.up, layout.gate, layout.down]
     for layer in layers:
-        for name in filter(None, names):
+        for name in (*filter(None, names), *layout.head_rows_in(layer)):
             assert isinstance(get_submodule(layer, name), projection), name
         attention = get_submodule(layer, layout.attention)
         for attr in (layout.head_dim_attr, *layout.head_count_attrs, *layout.width_attrs, layout.kv_groups_attr):

@@ -125,6 +125,23 @@ LLAMA_RELATIVES = {"gemma2", "gemma3_text", "smollm3", "granite", "olmo", "minis
 DECODERS = {"gpt2", "opt", "llama", "mistral", "qwen2", "qwen3", "gemma"} | LLAMA_RELATIVES | FUSED_DECODERS
 GROUPED = {"llama", "mistral", "qwen2", "qwen3", "gemma"} | LLAMA_RELATIVES | {"phi3", "glm", "glm4"}  # GQA among FUSED
 
+
+def deberta_v2_config(share_att_key: bool = False, position_buckets: int = 8, conv_kernel_size: int = 3,
+                      pos_att_type: tuple[str, ...] = ("p2c", "c2p")):
+    """DeBERTa-v2 with relative attention (c2p: content to position, p2c: position to content). share_att_key=False
+    builds pos_key_proj (c2p) and pos_query_proj (p2c), rows grouped by head (`Layout.head_rows`); True (DeBERTa-v3)
+    reuses key_proj / query_proj. position_buckets -1: no log buckets; conv_kernel_size > 0: v2-xlarge's ConvLayer."""
+    return tf.DebertaV2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+                              vocab_size=VOCAB, max_position_embeddings=64, relative_attention=True,
+                              pos_att_type=list(pos_att_type), position_biased_input=False, norm_rel_ebd="layer_norm",
+                              share_att_key=share_att_key, position_buckets=position_buckets, max_relative_positions=16,
+                              conv_kernel_size=conv_kernel_size, conv_act="gelu")
+
+
+# the harder DeBERTa-v2 variant (separate relative-position projections, log buckets, ConvLayer); tests/test_deberta.py
+# covers the others
+TINY["deberta-v2"] = (deberta_v2_config, tf.DebertaV2ForSequenceClassification)
+
 # vision: image classification over (image_size / patch_size)^2 + 1 = 5 tokens (the patches and [CLS])
 TINY["vit"] = (lambda: tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
                                     image_size=8, patch_size=4, num_channels=3), tf.ViTForImageClassification)

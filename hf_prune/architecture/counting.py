@@ -42,6 +42,7 @@ def count_parameters(model: nn.Module, layers_only: bool = False) -> int:
 def layer_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, seq_len: int, gated: bool) -> int:
     """FLOPs of one transformer layer on one sequence of `seq_len` tokens (formula in the module docstring)."""
     T, H, d = seq_len, hidden, head_dim
+    # left out: Layout.head_rows and relative-position scores (DeBERTa-v2), which scale with the position span: a lower bound
     projections = 2 * T * H * (heads * d + 2 * kv_heads * d) + 2 * T * heads * d * H
     attention = 2 * 2 * T * T * heads * d
     feed_forward = 2 * T * H * ffn * (3 if gated else 2)

@@ -3,7 +3,8 @@
 A layout says, for one family of models, where the transformer layers are, what the attention and
 feed-forward projections are called, which module attributes and config keys carry head counts and
 widths, and the family's quirks (fused projections such as GPT-2's Conv1D c_attn or Phi-3's qkv_proj and
-gate_up_proj, grouped-query attention in llama-style decoders). Everything else in the package works on a
+gate_up_proj, grouped-query attention in llama-style decoders, extra per-head projections such as DeBERTa-v2's
+relative-position pos_key_proj / pos_query_proj). Everything else in the package works on a
 `Layout`; fused projections are described by `hf_prune.architecture.fused.Fused` entries.
 """
 
@@ -72,6 +73,8 @@ class Layout:
     head_bias: str | None = None  # from a layer: an embedding with one column per query head (T5's relative
     # position bias table), sliced with the heads where the layer has one
     shared_bias: SharedBias | None = None  # a per-head bias that one layer computes and the next layers reuse
+    head_rows: tuple[str, ...] = ()  # from a layer: more projections whose output rows are grouped by query head like
+    # q's (DeBERTa-v2's pos_key_proj); sliced with the kept heads where the layer has them (the config may not build them)
 
     def __post_init__(self):
         """Fill `up` from a fused gate/up entry, and refuse a table line that contradicts itself."""
@@ -96,6 +99,10 @@ class Layout:
         """Path of the module holding logical projection `part`, fused or separate (None: the layout has none)."""
         fused = self.holder(part)
         return fused.path if fused else getattr(self, part)
+
+    def head_rows_in(self, layer: nn.Module) -> list[str]:
+        """The `head_rows` projections this layer actually has (a config may leave some out)."""
+        return [path for path in self.head_rows if _has_submodule(layer, path)]
 
     @property
     def qkv(self) -> str | None:
@@ -289,6 +296,26 @@ GLM = Layout(
     config_head_dim="head_dim",
 )
 
+DEBERTA_V2 = Layout(  # DeBERTa-v2 and -v3: BERT's block around disentangled (relative-position) attention
+    family="deberta-v2",
+    layers="encoder.layer",
+    attention="attention.self",
+    attention_includes_output=False,
+    q="attention.self.query_proj",
+    k="attention.self.key_proj",
+    v="attention.self.value_proj",
+    o="attention.output.dense",
+    up="intermediate.dense",
+    down="output.dense",
+    head_dim_attr="attention_head_size",
+    head_count_attrs=("num_attention_heads",),
+    width_attrs=("all_head_size",),
+    # share_att_key=False builds these for "c2p" / "p2c" in pos_att_type; with share_att_key=True (v3) the relative
+    # embeddings go through query_proj / key_proj instead. config_head_dim stays None: the attention refuses
+    # hidden_size % num_attention_heads != 0, so pruned head counts can never be written as plain config keys
+    head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+)
+
 MODERNBERT_DECODER = Layout(
     family="modernbert-decoder",
     layers="layers",
@@ -315,6 +342,7 @@ LAYOUTS: dict[str, Layout] = {
     "electra": BERT,
     "data2vec-text": BERT,
     "distilbert": DISTILBERT,
+    "deberta-v2": DEBERTA_V2,  # "deberta" (v1) is no relative: one fused in_proj and pos_proj / pos_q_proj
     "gpt2": GPT2,
     "opt": OPT,
     "llama": LLAMA,
@@ -536,6 +564,14 @@ def get_layout(model_or_config) -> Layout:
             f"names, add a line to hf_prune.layouts.LAYOUTS."
         )
     return LAYOUTS[model_type]
+
+
+def _has_submodule(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:

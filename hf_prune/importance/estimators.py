@@ -224,7 +224,7 @@ def taylor_scores(run: ScoringRun) -> Scores:
     n_batches = 0
     try:
         for i, (layer, shape) in enumerate(zip(layers, run.shapes)):
-            rows, cols = unit_rows(run.layout, shape), unit_columns(run.layout)
+            rows, cols = unit_rows(run.layout, shape, layer), unit_columns(run.layout)
             for kind, units in (("heads", shape.heads), ("neurons", shape.ffn)):
                 if not units:
                     continue

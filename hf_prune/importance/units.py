@@ -1,7 +1,8 @@
 """Which parameters make up each head and FFN neuron, and per-unit sums over them (norms, Taylor terms).
 
 "The unit's weights" are, for a head: its rows (weights and biases) of the query, key and value
-projections and its input columns of the output projection; under grouped-query attention the key/value
+projections, its rows of any other per-head projection the layer has (`Layout.head_rows`, e.g. DeBERTa-v2's
+pos_key_proj) and its input columns of the output projection; under grouped-query attention the key/value
 rows are shared by the whole group and left out (they belong to the key/value head). For a neuron: its rows
 of the up (and gate) projection and its input column of the down projection. Fused projections (GPT-2's
 c_attn, Phi-3's qkv_proj and gate_up_proj, ...) give each unit its rows of every part, wherever the layout
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..architecture.fused import rows_by_module
+from ..architecture.fused import rows_by_module, separate_rows
 from ..architecture.layouts import Layout, get_submodule
 from ..architecture.shapes import LayerShape, in_width, out_width
 from ..utils import as_out_in, materialized
@@ -29,11 +30,12 @@ class UnitRows:
     rows: torch.Tensor  # (units, rows per unit)
 
 
-def unit_rows(layout: Layout, shape: LayerShape) -> dict[str, list[UnitRows]]:
+def unit_rows(layout: Layout, shape: LayerShape, layer: nn.Module | None = None) -> dict[str, list[UnitRows]]:
     """The projection rows of one layer's units: {"heads": ..., "kv_heads": ..., "neurons": ...}.
 
-    heads: query rows (and key/value rows without grouped-query attention); kv_heads: key and value rows under
-    grouped-query attention (empty otherwise); neurons: up (and gate) rows.
+    heads: query rows (and key/value rows without grouped-query attention), plus the rows of the `layout.head_rows`
+    projections that `layer` has (none without a layer); kv_heads: key and value rows under grouped-query attention
+    (empty otherwise); neurons: up (and gate) rows.
     """
     def groups(parts, counts, width) -> list[UnitRows]:
         return [UnitRows(path, rows) for path, rows in rows_by_module(layout, parts, counts, width).items()]
@@ -41,8 +43,10 @@ def unit_rows(layout: Layout, shape: LayerShape) -> dict[str, list[UnitRows]]:
     d = shape.head_dim
     head_counts = {"q": shape.heads, "k": shape.kv_heads, "v": shape.kv_heads}
     ffn_parts = ("gate", "up") if layout.gated else ("up",)
+    # head_rows are the head's weights too (surgery removes them with it): norms, Taylor terms and costs include them
+    extra = [UnitRows(path, separate_rows(shape.heads, d)) for path in layout.head_rows_in(layer)] if layer is not None else []
     return {
-        "heads": groups(("q",) if layout.grouped else ("q", "k", "v"), head_counts, d),
+        "heads": groups(("q",) if layout.grouped else ("q", "k", "v"), head_counts, d) + extra,
         "kv_heads": groups(("k", "v"), head_counts, d) if layout.grouped else [],
         "neurons": groups(ffn_parts, dict.fromkeys(ffn_parts, shape.ffn), 1),
     }
@@ -59,7 +63,7 @@ def unit_sizes(layer: nn.Module, layout: Layout, shape: LayerShape) -> dict[str,
     A head counts its rows (weights and biases) and its output-projection input columns, a key/value head (GQA)
     its key and value rows, a neuron its up/gate rows and its down-projection input column.
     """
-    rows, cols = unit_rows(layout, shape), unit_columns(layout)
+    rows, cols = unit_rows(layout, shape, layer), unit_columns(layout)
     units = {"heads": shape.heads, "kv_heads": shape.kv_heads if layout.grouped else 0, "neurons": shape.ffn}
     widths = {"heads": shape.head_dim, "neurons": 1}
     sizes = {}
@@ -95,7 +99,7 @@ def unit_sums(layer: nn.Module, layout: Layout, shape: LayerShape, values) -> tu
     layer offloaded by accelerate (device_map with CPU or disk offload) is read through its hook; `param` is
     then the module's parameter on its execution device for the duration of the call.
     """
-    rows, cols = unit_rows(layout, shape), unit_columns(layout)
+    rows, cols = unit_rows(layout, shape, layer), unit_columns(layout)
     sums = {"heads": torch.zeros(shape.heads, dtype=torch.float64), "neurons": torch.zeros(shape.ffn, dtype=torch.float64)}
     for kind, total in sums.items():
         if not len(total):

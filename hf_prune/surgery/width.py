@@ -88,7 +88,7 @@ def check_writable(model: nn.Module, layer_indices: Iterable[int]) -> None:
     parts = ("q", "k", "v", "gate", "up")
     paths = dict.fromkeys(p for p in (*map(layout.path_of, parts), layout.o, layout.down) if p)
     for idx in layer_indices:
-        for path in paths:
+        for path in (*paths, *layout.head_rows_in(layers[idx])):
             module = get_submodule(layers[idx], path)
             for name in ("weight", "bias"):
                 problem = offload_problem(module, name)
@@ -187,6 +187,8 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
     keep = {"q": keep_heads, "k": keep_kv, "v": keep_kv}
     counts = {"q": old.heads, "k": old.kv_heads, "v": old.kv_heads}
     _slice_projection_rows(layer, layout, keep, counts, d, state)
+    for path in layout.head_rows_in(layer):  # more projections with one row block per query head, as q
+        slice_outputs(get_submodule(layer, path), head_columns(keep_heads, d), layout.conv1d, state)
     slice_inputs(get_submodule(layer, layout.o), head_columns(keep_heads, d), layout.conv1d, state)
 
     table = _find(layer, layout.head_bias)
