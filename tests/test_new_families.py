@@ -114,7 +114,9 @@ def test_vit_flops_default_to_patches_plus_one_and_match_the_flop_counter():
     per_module = counter.get_flop_counts()
     measured = sum(sum(per_module[f"ViTForImageClassification.vit.layers.{i}"].values()) for i in range(3))
     assert count_flops(model) == pytest.approx(measured, rel=0.01)
-    plan = plan_from_flops(compute_importance(model, method="l2", progress=False), model, flops_reduction=0.3,
-                           seq_len=tokens)
+    scores = compute_importance(model, method="l2", progress=False)
+    plan = plan_from_flops(scores, model, flops_reduction=0.3, seq_len=tokens)
     assert plan.metadata["flops"]["seq_len"] == tokens
+    default = plan_from_flops(scores, model, flops_reduction=0.3)  # the FLOPs budget counts the patches by default
+    assert default.metadata["flops"]["seq_len"] == tokens and default.to_dict() == plan.to_dict()
 

@@ -72,6 +72,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..architecture.counting import default_seq_len
 from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
 from ..importance.scores import ImportanceScores
@@ -603,7 +604,7 @@ def plan_from_flops(
     *,
     flops_reduction: float | None = None,
     max_flops: int | None = None,
-    seq_len: int = 128,
+    seq_len: int | None = None,
     structure: str = "width",
     min_heads: int = 0,
     min_neurons: int = 0,
@@ -621,8 +622,11 @@ def plan_from_flops(
     neurons), "depth" (whole layers, needs scores.layers) or "joint" (all three). removed: units already gone,
     in the scores' coordinates, counted as gone and part of the plan. uniform: every remaining layer keeps the
     same heads, key/value heads and FFN width (met at the first uniform step at or past the budget). Search
-    rules in the module docstring.
+    rules in the module docstring. seq_len: the tokens the FLOPs are counted for; by default
+    `hf_prune.architecture.counting.default_seq_len(model.config)` (128, or a vision transformer's patches + 1).
     """
+    if seq_len is None:
+        seq_len = default_seq_len(model.config)
     if flops_fraction is not None:
         warnings.warn("plan_from_flops(flops_fraction=x) is deprecated (x is the fraction kept): pass "
                       "flops_reduction=1 - x, the fraction of FLOPs removed", FutureWarning, stacklevel=2)

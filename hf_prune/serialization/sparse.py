@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from ..architecture.config_entry import read_config_entry
-from ..surgery.width import resize_to_shapes
+from ..surgery.width import resize_to_entry
 from ..unstructured.magnitude import prunable_weight_names
 from .atomic import atomic_directory
 from .loading import resolve_model_class
@@ -105,7 +105,7 @@ def load_sparse(folder: str | os.PathLike, model_class=None) -> nn.Module:
     model = resolve_model_class(config, model_class)(config)
     entry = read_config_entry(config)
     if entry is not None:  # head/neuron-pruned: shrink the skeleton to the recorded widths first
-        resize_to_shapes(model, entry["heads"], entry["kv_heads"], entry["ffn"])
+        resize_to_entry(model, entry)
     parts = load_file(str(folder / SPARSE_FILE))
     state = load_file(str(folder / DENSE_FILE))
     for name, shape in json.loads(metadata["shapes"]).items():

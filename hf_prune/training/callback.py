@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..architecture.counting import default_seq_len
 from ..architecture.gates import attach_gates
 from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
@@ -46,7 +47,7 @@ from .gating import GateMasks, attach_layer_gates
 from .optimizers import inner_optimizer, loss_scale, unscale_parameter_gradients
 from .reporting import EventLog
 from .running_scores import RunningScores, gate_terms, legacy_state, taylor_terms
-from .schedule import DEFAULT_SEQ_LEN, Schedule, schedule_fraction
+from .schedule import Schedule, schedule_fraction
 
 __all__ = ["HeadPruningCallback", "resize_to_checkpoint", "schedule_fraction"]
 
@@ -84,7 +85,8 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
     `config` (a `PruningConfig`, or a dict of its fields) says what to prune and when; any of its fields,
     and the historical keyword names (start_step, end_step, num_events, schedule, scope, min_heads, seq_len,
     compact=True/False; see `CALLBACK_ALIASES`), may be given as keywords and override it. The callback
-    uses pruning_start_step 0, one event and flops_seq_len 128 where the config leaves them None.
+    uses pruning_start_step 0, one event and the model's default flops_seq_len (128, or a ViT's patches + 1) where
+    the config leaves them None.
     `calibration_dataloader`: batches for methods that are not summed from the training steps (activation:
     ValueError without them; a gradient method before its first step), and for layer importance (needed when
     layers are removed);
@@ -105,7 +107,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
                              f"input_ids and attention_mask>), or choose a method that needs none (fisher, gradient, "
                              f"taylor from the training steps; l1, l2, random)")
         self.schedule = Schedule.from_config(self.config)  # an iterative schedule without an end -> ValueError
-        self.seq_len = self.config.flops_seq_len or DEFAULT_SEQ_LEN
+        self.seq_len = self.config.flops_seq_len  # None: the model's default (128, a ViT's patches + 1), at train begin
         self.calibration_dataloader, self.seed = calibration_dataloader, seed
         self.event_log = EventLog()  # event metrics waiting for the Trainer's next log call (see reporting)
         # state carried through checkpoints (ExportableState)
@@ -192,6 +194,8 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         self._restore(state)
         self.schedule.check_fits(state.max_steps)
         self._compacting = compacting(self.config.compact, args, optimizer)
+        if self.seq_len is None:
+            self.seq_len = default_seq_len(model.config)
         if self.dense is None:
             self.dense = dense_totals(model, self.seq_len)
         self.dense.setdefault("layers", dense_layer_count(model))  # checkpoints written before layer removal

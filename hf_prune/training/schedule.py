@@ -13,7 +13,6 @@ from .config import PruningConfig
 # What the callback uses where the config leaves a schedule field None (the command line picks its own).
 DEFAULT_START_STEP = 0
 DEFAULT_EVENTS = 1
-DEFAULT_SEQ_LEN = 128
 
 
 def schedule_fraction(event: int, num_events: int, schedule: str) -> float:
