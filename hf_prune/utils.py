@@ -96,7 +96,10 @@ def input_device(model: nn.Module) -> torch.device:
     """Where a model's inputs go: its input embeddings' device (the first device of a `device_map` model).
 
     For embeddings offloaded by accelerate (weights on the meta device), their hook's execution device."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:  # two-tower models (CLIPModel) have no single input embedding
+        embeddings = None
     hooked = _hook_execution_device(embeddings) if embeddings is not None else None
     if hooked is not None:
         return hooked

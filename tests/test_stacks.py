@@ -14,6 +14,8 @@ from test_surgery import silence
 from tiny_stacks import SINGLE_TOWERS, STACKED, make_stacked, make_tower, stacked_inputs, stacked_output, tower_inputs
 
 from hf_prune import (
+    ImportanceScores,
+    PruningPlan,
     compute_importance,
     count_flops,
     count_parameters,
@@ -21,6 +23,10 @@ from hf_prune import (
     layer_shapes,
     layer_stacks,
     load_pruned,
+    plan_from_flops,
+    plan_from_latency,
+    plan_from_params,
+    plan_from_sparsity,
     prune_model,
     read_config_entry,
     save_pruned,
@@ -233,8 +239,10 @@ def test_cross_heads_refused_on_models_without_cross_attention():
 
 
 def test_single_stack_functions_refuse_multi_stack_models_clearly():
+    from hf_prune import tune_masks
+
     with pytest.raises(ValueError, match="several layer stacks \\(encoder, decoder\\)"):
-        compute_importance(make_stacked("t5"), [stacked_inputs("t5")])
+        tune_masks(make_stacked("t5"), PruningPlan(), [stacked_inputs("t5")])
 
 
 DAMAGED = [
@@ -292,3 +300,118 @@ def test_single_towers_prune_and_reload(model_type, tmp_path):
     save_pruned(model, tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(load_pruned(tmp_path / "m")(**inputs).last_hidden_state, after)
+
+
+# ----------------------------------------------------------------------------- importance and plans
+
+
+def loss_batches(name: str, n: int = 2) -> list[dict]:
+    """Batches with a loss: seq2seq labels, or CLIP/SigLIP's contrastive loss (return_loss=True)."""
+    batches = []
+    for seed in range(n):
+        inputs = stacked_inputs(name, seed=seed + 1)
+        extra = {"return_loss": True} if name in TOWERS else {"labels": inputs["decoder_input_ids"]}
+        batches.append({**inputs, **extra})
+    return batches
+
+
+@pytest.mark.parametrize("method", ["fisher", "gradient", "taylor", "activation", "l1", "l2", "random"])
+@pytest.mark.parametrize("name", ["t5", "bart", "clip"])
+def test_importance_scores_every_stack_and_cross_heads(name, method):
+    model = make_stacked(name)
+    scores = compute_importance(model, loss_batches(name), method=method, progress=False)
+    shapes = layer_shapes(model)
+    assert list(scores.stacks) == layer_stacks(model) and scores.heads == []
+    for stack, part in scores.stacks.items():
+        assert [len(h) for h in part.heads] == [s.heads for s in shapes[stack]]
+        assert [len(x) for x in part.neurons] == [s.ffn for s in shapes[stack]]
+        crossed = part.cross_heads is not None
+        assert crossed == (stack == "decoder")
+        if crossed:
+            assert [len(h) for h in part.cross_heads] == [s.cross_heads for s in shapes[stack]]
+        assert all(torch.isfinite(t).all() for t in part.heads + part.neurons + (part.cross_heads or []))
+
+
+def test_one_pass_scores_silent_units_zero_and_round_trip(tmp_path):
+    """Gradient scores of heads, cross heads and neurons that contribute nothing are 0, from one forward and
+    backward pass per batch over the whole encoder-decoder."""
+    model = make_stacked("t5")
+    request = {"heads": {"encoder.1": [2]}, "cross_heads": {"decoder.1": [0]}, "neurons": {"decoder.0": [4, 7]}}
+    silence_request(model, request)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    batches = loss_batches("t5", 3)
+    scores = compute_importance(model, batches, method="fisher", progress=False)
+    handle.remove()
+    assert len(calls) == len(batches)
+    encoder, decoder = scores.stacks["encoder"], scores.stacks["decoder"]
+    assert encoder.heads[1][2] == 0 and (encoder.heads[1][[0, 1, 3]] > 0).all()
+    assert decoder.cross_heads[1][0] == 0 and (decoder.cross_heads[1][1:] > 0).all()
+    assert (decoder.neurons[0][[4, 7]] == 0).all() and decoder.neurons[0].count_nonzero() > 30
+    scores.save(tmp_path / "scores.safetensors")
+    again = ImportanceScores.load(tmp_path / "scores.safetensors")
+    assert again.flat_keys() == scores.flat_keys()
+    assert all(torch.equal(a, b.float()) for a, b in zip(again.flatten().heads, scores.flatten().heads))
+
+
+@pytest.mark.parametrize("name", ["t5", "bart", "clip"])
+def test_plans_over_stacks_meet_their_budgets(name):
+    model = make_stacked(name)
+    scores = compute_importance(model, loss_batches(name), method="fisher", progress=False)
+    plan = plan_from_sparsity(scores, head_sparsity=0.5, ffn_sparsity=0.3)
+    assert all("." in key for key in [*plan.heads, *plan.neurons, *plan.cross_heads])
+    assert PruningPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    removed = sum(map(len, plan.heads.values())) + sum(map(len, plan.cross_heads.values()))
+    total = sum(len(h) for h in scores.flatten().heads)
+    assert removed == total // 2
+
+    lengths = {"encoder": 20, "decoder": 6} if name != "clip" else {"text": 7}
+    flops_plan = plan_from_flops(scores, model, flops_reduction=0.3, seq_len=lengths)
+    params_plan = plan_from_params(scores, make_stacked(name), params_reduction=0.3)
+    dense_flops = count_flops(model, seq_len=lengths)
+    assert flops_plan.metadata["flops"]["before"] == dense_flops
+    flops_plan.apply(model)
+    assert count_flops(model, seq_len=lengths) == flops_plan.metadata["flops"]["after"] <= 0.7 * dense_flops
+    second = make_stacked(name)
+    dense_params = count_parameters(second, layers_only=True)
+    params_plan.apply(second)
+    budget = params_plan.metadata["params"]
+    assert budget["before"] == dense_params and budget["after"] <= 0.7 * dense_params
+    # T5 only: removing heads gives each later layer its own copy of layer 0's position-bias table (buckets x heads)
+    copies = [block.layer[0].SelfAttention for stack in (second.encoder, second.decoder) for block in stack.block[1:]] \
+        if name == "t5" else []
+    extra = sum(attention.relative_attention_bias.weight.numel() for attention in copies
+                if getattr(attention, "relative_attention_bias", None) is not None)
+    assert count_parameters(second, layers_only=True) == budget["after"] + extra
+    stacked_output(second, stacked_inputs(name))  # still runs
+
+
+def test_planner_options_not_supported_on_stacks_are_refused():
+    model = make_stacked("bart")
+    scores = compute_importance(model, method="l2", progress=False)
+    with pytest.raises(ValueError, match="uniform=True is not supported on models with several layer stacks"):
+        plan_from_sparsity(scores, 0.5, uniform=True)
+    with pytest.raises(ValueError, match="structure='joint'"):
+        plan_from_params(scores, model, 0.2, structure="joint")
+    with pytest.raises(ValueError, match="plan_from_latency does not support"):
+        plan_from_latency(scores, model, None, 0.5)
+    with pytest.raises(ValueError, match="layer_method"):
+        compute_importance(model, loss_batches("bart"), layer_method="block_influence", progress=False)
+
+
+def test_activation_scores_use_each_stacks_own_padding_mask():
+    """Decoder tokens are masked with decoder_attention_mask, never with the encoder's mask (even at equal
+    lengths): changing only the padded decoder tokens leaves every score unchanged."""
+    model = make_stacked("bart")
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 97, (2, 9), generator=generator)
+    decoder = torch.randint(3, 97, (2, 9), generator=generator)
+    decoder_mask = torch.ones_like(decoder)
+    decoder_mask[:, -3:] = 0
+    changed = decoder.clone()
+    changed[:, -3:] = torch.randint(3, 97, (2, 3), generator=generator)
+    scores = [compute_importance(model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                          "decoder_input_ids": d, "decoder_attention_mask": decoder_mask}],
+                                 method="activation", progress=False).flatten() for d in (decoder, changed)]
+    for a, b in zip(scores[0].heads + scores[0].neurons, scores[1].heads + scores[1].neurons):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

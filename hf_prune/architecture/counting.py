@@ -95,16 +95,24 @@ def count_flops(model: nn.Module, seq_len: int | dict[str, int] | None = None, b
     return total * batch_size
 
 
-def _count_stack_flops(model: nn.Module, seq_len, batch_size: int) -> int:
-    views = stack_views(model)
+def stack_lengths(views: dict, seq_len) -> dict[str, int]:
+    """{stack: tokens} from one length for every stack or {stack: length}; a missing stack takes its default."""
     given = seq_len if isinstance(seq_len, dict) else {}
     unknown = sorted(set(given) - set(views))
     if unknown:
         raise ValueError(f"seq_len names unknown stacks {unknown}: this model has {', '.join(views)}")
     lengths = {name: given.get(name, seq_len if isinstance(seq_len, int) else default_seq_len(view.config))
                for name, view in views.items()}
-    if batch_size <= 0 or any(not isinstance(n, int) or n <= 0 for n in lengths.values()):
-        raise ValueError(f"seq_len and batch_size must be positive, got {lengths} and {batch_size}")
+    if any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in lengths.values()):
+        raise ValueError(f"seq_len must be positive, got {lengths}")
+    return lengths
+
+
+def _count_stack_flops(model: nn.Module, seq_len, batch_size: int) -> int:
+    views = stack_views(model)
+    if batch_size <= 0:
+        raise ValueError(f"seq_len and batch_size must be positive, got batch_size {batch_size}")
+    lengths = stack_lengths(views, seq_len)
     total = 0
     for name, view in views.items():
         hidden, gated, T = view.config.hidden_size, view.hf_prune_layout.gated, lengths[name]

@@ -383,6 +383,8 @@ class Stack:
     config: attribute of the model config holding this stack's own config (CLIP's "text_config"), or None when
         the stack reads the model config itself (T5, BART).
     source: the stack whose outputs the cross-attention reads (its token count sets the cross-attention cost).
+    mask: the batch key holding this stack's padding mask (a decoder's "decoder_attention_mask"), None when
+        every token is real (image patches).
     """
 
     name: str
@@ -390,6 +392,7 @@ class Stack:
     cross: Layout | None = None
     config: str | None = None
     source: str | None = None
+    mask: str | None = "attention_mask"
 
 
 def cross_layout(layout: Layout, block: str, q: str, k: str, v: str, o: str, **changes) -> Layout:
@@ -439,7 +442,7 @@ def _t5_stacks(config, shared_bias: bool = True) -> tuple[Stack, ...]:
     )
     return (
         Stack("encoder", _t5_layout(False, gated, shared_bias)),
-        Stack("decoder", decoder, cross=cross, source="encoder"),
+        Stack("decoder", decoder, cross=cross, source="encoder", mask="decoder_attention_mask"),
     )
 
 
@@ -466,7 +469,7 @@ def _bart_layout(stack: str) -> Layout:
 BART_STACKS = (
     Stack("encoder", _bart_layout("encoder")),
     Stack(
-        "decoder", _bart_layout("decoder"), source="encoder",
+        "decoder", _bart_layout("decoder"), source="encoder", mask="decoder_attention_mask",
         cross=cross_layout(_bart_layout("decoder"), "encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
     ),
 )
@@ -493,7 +496,7 @@ def _tower_layout(family: str, tower: str | None) -> Layout:
 def _towers(family: str) -> tuple[Stack, ...]:
     return (
         Stack("text", _tower_layout(family, "text"), config="text_config"),
-        Stack("vision", _tower_layout(family, "vision"), config="vision_config"),
+        Stack("vision", _tower_layout(family, "vision"), config="vision_config", mask=None),
     )
 
 
@@ -554,8 +557,9 @@ def get_layout(model_or_config) -> Layout:
         names = ", ".join(stack.name for stack in stacks)
         raise ValueError(
             f"model_type {model_type!r} has several layer stacks ({names}). layer_shapes, prune_model, drop_layers, "
-            f"count_flops, count_parameters, save_pruned and load_pruned address its layers as \"<stack>.<layer>\" "
-            f"(hf_prune.layer_stacks(model) lists the stacks); this function supports single-stack models only"
+            f"count_flops, count_parameters, compute_importance, plan_from_sparsity/flops/params, save_pruned and "
+            f"load_pruned address its layers as \"<stack>.<layer>\" (hf_prune.layer_stacks(model) lists the stacks); "
+            f"this function supports single-stack models only"
         )
     if model_type not in LAYOUTS:
         raise ValueError(

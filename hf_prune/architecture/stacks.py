@@ -14,11 +14,15 @@ surgery's request planning work on it unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch.nn as nn
+from torch.nn.utils import skip_init
 
-from .layouts import Stack, base_model, find_layers, get_stacks
+from .layouts import Layout, Stack, base_model, find_layers, get_layers, get_stacks, get_submodule
 
 
 class StackView:
@@ -112,3 +116,102 @@ def split_layers(layers, names: tuple[str, ...]) -> dict[str, list[int]]:
         stack, layer = split_key(key, names, "`layers`")
         out.setdefault(stack, []).append(layer)
     return out
+
+
+# ----------------------------------------------------------------------------- one flat list for scoring and planning
+
+ATTENTION_FIELDS = ("attention", "q", "k", "v", "o")
+FFN_FIELDS = ("up", "gate", "down")
+
+
+class UnitKey(NamedTuple):
+    """Where one entry of a FlatView comes from: a stack's layer, or that layer's cross-attention."""
+
+    stack: str
+    layer: int
+    cross: bool
+
+
+def _zero_width(in_features: int, out_features: int, like: nn.Module) -> nn.Linear:
+    """A Linear with no units, on `like`'s device: the FFN of a cross-attention entry (never called)."""
+    device = like.weight.device if like.weight.device.type != "meta" else "cpu"
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op": there is nothing to initialise
+        warnings.simplefilter("ignore", UserWarning)
+        linear = skip_init(nn.Linear, in_features, out_features, bias=False, device=device)
+    linear.weight.requires_grad_(False)
+    return linear
+
+
+def _virtual_layer(layer: nn.Module, layout: Layout, cross: bool) -> nn.Module:
+    """A module naming one layer's projections canonically ("q", "o", "down", ...) without owning them.
+
+    A stack's own layer keeps the real layer as its only child (`block`), so its parameters are the layer's;
+    a cross-attention entry owns nothing but zero-width FFN stand-ins, so no parameter is counted twice.
+    """
+    virtual = nn.Module()
+    if not cross:
+        virtual.block = layer
+    for name in ATTENTION_FIELDS + (() if cross else FFN_FIELDS) + ("head_bias",):
+        path = getattr(layout, name)
+        try:
+            virtual.__dict__[name] = get_submodule(layer, path) if path else None  # a plain reference, not a child:
+        except AttributeError:  # hooks land on the real module; a layer without a T5 bias table has no head_bias
+            pass
+    if cross:
+        o = virtual.__dict__["o"]
+        hidden = o.weight.shape[0]
+        virtual.up, virtual.down = _zero_width(hidden, 0, o), _zero_width(0, hidden, o)
+        if layout.gated:
+            virtual.gate = _zero_width(hidden, 0, o)
+    return virtual
+
+
+class FlatView:
+    """A multi-stack model seen as one single-stack model whose layers are every stack's layers, in stack order,
+    followed by one entry per decoder layer for its cross-attention (heads only). Importance scoring and the
+    planners run on it unchanged; `keys[i]` says where flat entry i comes from.
+    """
+
+    def __init__(self, model: nn.Module):
+        views = stack_views(model)
+        if not views:
+            raise ValueError(f"{type(model).__name__} has one layer stack: use it directly")
+        first = next(iter(views.values())).hf_prune_layout
+        self.model = model
+        self.hf_prune_layout = dataclasses.replace(
+            first, layers="layers", attention="attention", q="q", k="k", v="v", o="o", up="up",
+            gate="gate" if first.gated else None, down="down", fused=(), head_rows=(),
+            head_bias="head_bias" if first.head_bias else None, shared_bias=None, first_layer_differs=None, ffn=None,
+        )
+        self.keys: list[UnitKey] = []
+        layers = []
+        for name, view in views.items():
+            for i, layer in enumerate(get_layers(view)):
+                layers.append(_virtual_layer(layer, view.hf_prune_layout, cross=False))
+                self.keys.append(UnitKey(name, i, False))
+        for name, view in views.items():
+            if view.stack.cross is not None:
+                for i, layer in enumerate(get_layers(view)):
+                    layers.append(_virtual_layer(layer, view.stack.cross, cross=True))
+                    self.keys.append(UnitKey(name, i, True))
+        self.base_model = nn.Module()
+        self.base_model.layers = nn.ModuleList(layers)
+        self.config = model.config
+        self.views = views
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # parameters(), modules(), train(), device, ... are the model's
+        if name in ("model", "hf_prune_layout", "keys", "base_model", "config", "views", "mask_name"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def mask_name(self, index: int) -> str | None:
+        """The batch key with the padding mask of flat entry `index`'s tokens (None: every token is real)."""
+        return self.views[self.keys[index].stack].stack.mask
+
+    def key(self, index: int) -> str:
+        """The "<stack>.<layer>" key of flat entry `index` (a cross-attention entry gives its layer's key)."""
+        stack, layer, _ = self.keys[index]
+        return f"{stack}.{layer}"

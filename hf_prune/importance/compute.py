@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..architecture.layouts import get_layers, get_layout
+from ..architecture.layouts import get_layers, get_layout, get_stacks
 from ..architecture.shapes import layer_shape
+from ..architecture.stacks import FlatView
 from ..utils import take
 from .estimators import ESTIMATORS, METHODS, ScoringRun
 from .layers import LAYER_METHODS, compute_layer_importance
@@ -42,12 +43,21 @@ def compute_importance(
     vision models); needed by gradient, fisher, taylor and activation. label_free: use the model's own predictions as targets.
     normalize_heads: divide each layer's head scores by their L2 norm (Michel et al.). max_batches: stop
     after this many batches (per process). seed: for `random`. progress: show a tqdm bar (main process only).
+    Models with several layer stacks (T5, BART, CLIP): one pass scores every stack and every decoder layer's
+    cross-attention heads; the result's `.stacks` holds one `ImportanceScores` per stack (with `.cross_heads`).
     layer_method: also score every layer (`compute_layer_importance`, n=1) on the same batches into `.layers`;
     use "fisher" with method="fisher" to weigh layers against heads and neurons in one plan.
     """
     estimator = ESTIMATORS.get(method)
     if estimator is None:
         raise ValueError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
+    if get_stacks(model) is not None:  # every stack and every cross-attention block, scored in one pass
+        if layer_method is not None:
+            raise ValueError("layer_method is not supported on models with several layer stacks yet: drop it")
+        flat = FlatView(model)
+        scores = compute_importance(flat, dataloader, method, label_free=label_free, normalize_heads=normalize_heads,
+                                    max_batches=max_batches, seed=seed, progress=progress)
+        return ImportanceScores.from_flat(scores, flat.keys)
     layout = get_layout(model)
     shapes = [layer_shape(layer, layout) for layer in get_layers(model, layout)]
     if estimator.needs_data and dataloader is None:

@@ -45,6 +45,12 @@ class ScoringRun:
     seed: int = 0
     progress: bool = True
 
+    def mask_of(self, batch: dict, layer: int) -> torch.Tensor | None:
+        """The padding mask of layer `layer`'s tokens: the batch's attention_mask, or on a model with several stacks
+        that stack's own (a decoder's decoder_attention_mask; none for image patches)."""
+        name = self.model.mask_name(layer) if hasattr(self.model, "mask_name") else "attention_mask"
+        return batch.get(name) if name else None
+
     def iterate(self) -> Iterable[dict]:
         """The batches on the model's input device, behind a progress bar on the main process."""
         device = input_device(self.model)
@@ -76,10 +82,10 @@ class Estimator:
 def model_loss(model: nn.Module, batch: dict, label_free: bool) -> torch.Tensor:
     """The model's loss on the batch's labels, or on its own predictions when `label_free`."""
     if not label_free:
-        if batch.get("labels") is None:
+        if batch.get("labels") is None and not batch.get("return_loss"):  # CLIP's contrastive loss needs no labels
             raise ValueError(
-                "a gradient method needs a loss: the batch has no `labels`. Add labels, or pass label_free=True "
-                "to use the model's own predictions as targets"
+                "a gradient method needs a loss: the batch has no `labels`. Add labels (or return_loss=True for a "
+                "contrastive two-tower model), or pass label_free=True to use the model's own predictions as targets"
             )
         loss = model(**batch).loss
         if loss is None:
@@ -254,9 +260,8 @@ def taylor_scores(run: ScoringRun) -> Scores:
     return Scores([h.abs() for h in heads], [x.abs() for x in neurons], n)
 
 
-def token_mask(batch: dict, lead: torch.Size, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+def token_mask(mask: torch.Tensor | None, lead: torch.Size, device: torch.device, dtype=torch.float32) -> torch.Tensor:
     """Mask of real tokens shaped `lead`: (B, T), or (B*T,) where a block flattens tokens (OPT's FFN); ones if unknown."""
-    mask = batch.get("attention_mask")
     if mask is None or mask.dim() != 2 or mask.numel() != lead.numel():
         return torch.ones(lead, device=device, dtype=dtype)
     return mask.reshape(lead).to(device, dtype)
@@ -270,7 +275,7 @@ def activation_scores(run: ScoringRun) -> Scores:
     def observe(kind: str, i: int, x: torch.Tensor) -> None:
         # heads: (B, T, heads, d) -> (B, T, heads); neurons: (B, T, ffn) or (B*T, ffn)
         magnitude = x.float().norm(dim=-1) if kind == "heads" else x.float().abs()
-        mask = token_mask(current, magnitude.shape[:-1], magnitude.device)  # (B, T) or (B*T,)
+        mask = token_mask(run.mask_of(current, i), magnitude.shape[:-1], magnitude.device)  # (B, T) or (B*T,)
         total = (magnitude * mask[..., None]).flatten(0, -2).sum(0).double()  # (units,), on the layer's device
         count = mask.sum().double()
         sums[kind][i] = total if sums[kind][i] is None else sums[kind][i] + total

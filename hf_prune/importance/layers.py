@@ -154,7 +154,7 @@ def _similarity_scores(run: LayerRun, distance: Callable[[torch.Tensor], torch.T
             if start >= 0 and start in inputs:
                 first, last = inputs.pop(start), hidden_output(output).detach()
                 cos = F.cosine_similarity(first.to(last.device, torch.float64), last.double(), dim=-1)
-                mask = token_mask(current, last.shape[:-1], last.device, torch.float64)
+                mask = token_mask(current.get("attention_mask"), last.shape[:-1], last.device, torch.float64)
                 per_token = distance(cos.clamp(-1.0, 1.0)) * mask
                 sums[start] = sums[start] + per_token.sum().cpu()
                 counts[start] = counts[start] + mask.sum().cpu()

@@ -24,6 +24,45 @@ class ImportanceScores:
     method: str
     num_batches: int = 0
     layers: list[float] | torch.Tensor | None = None  # optional: one score per layer (`compute_layer_importance`)
+    cross_heads: list[torch.Tensor] | None = None  # a decoder stack's cross-attention heads, per layer
+    stacks: dict[str, ImportanceScores] | None = None  # models with several layer stacks: the scores of each
+    # (then `heads`, `neurons` and `kv_heads` are empty), keyed and ordered as `hf_prune.layer_stacks(model)`
+
+    def flatten(self) -> ImportanceScores:
+        """Stacked scores as one list in `hf_prune.architecture.stacks.FlatView` order: every stack's layers, then
+        every decoder layer's cross-attention heads (with no neuron)."""
+        if self.stacks is None:
+            return self
+        heads, neurons, kv_heads = [], [], []
+        for part in self.stacks.values():
+            heads += part.heads
+            neurons += part.neurons
+            kv_heads += part.kv_heads
+        for part in self.stacks.values():
+            for cross in part.cross_heads or []:
+                heads.append(cross)
+                neurons.append(cross.new_zeros(0))
+                kv_heads.append(len(cross))
+        return ImportanceScores(heads, neurons, kv_heads, self.method, self.num_batches)
+
+    def flat_keys(self) -> list[tuple[str, int, bool]]:
+        """(stack, layer, cross) of every entry of `flatten()`, in order."""
+        keys = [(name, i, False) for name, part in self.stacks.items() for i in range(part.num_layers)]
+        return keys + [(name, i, True) for name, part in self.stacks.items() for i in range(len(part.cross_heads or []))]
+
+    @classmethod
+    def from_flat(cls, flat: ImportanceScores, keys) -> ImportanceScores:
+        """Stacked scores from scores in FlatView order; `keys[i]`: (stack, layer, cross) of flat entry i."""
+        stacks: dict[str, ImportanceScores] = {}
+        for i, (stack, _, cross) in enumerate(keys):
+            part = stacks.setdefault(stack, cls([], [], [], flat.method, flat.num_batches))
+            if cross:
+                part.cross_heads = (part.cross_heads or []) + [flat.heads[i]]
+            else:
+                part.heads.append(flat.heads[i])
+                part.neurons.append(flat.neurons[i])
+                part.kv_heads.append(flat.kv_heads[i])
+        return cls([], [], [], flat.method, flat.num_batches, stacks=stacks)
 
     @property
     def groups(self) -> list[torch.Tensor]:
@@ -39,6 +78,9 @@ class ImportanceScores:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically: temp file, then os.replace)."""
+        if self.stacks is not None:
+            self._save_stacks(path)
+            return
         tensors = {f"heads.{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.heads)}
         tensors.update({f"neurons.{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.neurons)})
         if self.layers is not None:
@@ -56,6 +98,8 @@ class ImportanceScores:
         """Read a file written by `save`."""
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if "stacks" in meta:
+                return cls._load_stacks(f, meta)
             if "num_layers" not in meta:
                 raise ValueError(f"{path} is not an hf_prune importance file (no num_layers metadata)")
             n = int(meta["num_layers"])
@@ -66,3 +110,27 @@ class ImportanceScores:
                    layers=layers)
 
 
+
+    def _save_stacks(self, path) -> None:
+        tensors, layout = {}, {}
+        for name, part in self.stacks.items():
+            for kind in ("heads", "neurons", "cross_heads"):
+                for i, t in enumerate(getattr(part, kind) or []):
+                    tensors[f"{name}.{kind}.{i}"] = t.detach().float().cpu().contiguous()
+            layout[name] = {"num_layers": part.num_layers, "kv_heads": list(part.kv_heads),
+                            "cross": part.cross_heads is not None}
+        metadata = {"method": self.method, "num_batches": str(self.num_batches), "stacks": json.dumps(layout)}
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+    @classmethod
+    def _load_stacks(cls, f, meta: dict) -> ImportanceScores:
+        stacks = {}
+        for name, info in json.loads(meta["stacks"]).items():
+            n = int(info["num_layers"])
+            part = cls([f.get_tensor(f"{name}.heads.{i}") for i in range(n)],
+                       [f.get_tensor(f"{name}.neurons.{i}") for i in range(n)], info["kv_heads"], meta["method"],
+                       int(meta.get("num_batches", 0)))
+            if info.get("cross"):
+                part.cross_heads = [f.get_tensor(f"{name}.cross_heads.{i}") for i in range(n)]
+            stacks[name] = part
+        return cls([], [], [], meta["method"], int(meta.get("num_batches", 0)), stacks=stacks)

@@ -75,8 +75,18 @@ def unit_sizes(layer: nn.Module, layout: Layout, shape: LayerShape) -> dict[str,
             size += group.rows.shape[1] * per_row
         if kind in cols:
             size += widths[kind] * out_width(get_submodule(layer, cols[kind]), layout.conv1d)
+        if kind == "heads" and layout.head_bias and _has_module(layer, layout.head_bias):
+            size += get_submodule(layer, layout.head_bias).weight.shape[0]  # its column of a per-head bias table (T5)
         sizes[kind] = size if count else 0
     return sizes
+
+
+def _has_module(layer: nn.Module, path: str) -> bool:
+    try:
+        get_submodule(layer, path)
+    except AttributeError:
+        return False
+    return True
 
 
 def _row_sums(values: torch.Tensor, rows: torch.Tensor, conv1d: bool) -> torch.Tensor:

@@ -72,12 +72,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..architecture.counting import default_seq_len
+from ..architecture.counting import default_seq_len, stack_lengths
 from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
+from ..architecture.stacks import FlatView
 from ..importance.scores import ImportanceScores
 from ..surgery.depth import fixed_layers
-from .costs import CostModel, FlopsCost, LatencyCost, ParamsCost
+from .costs import CostModel, FlopsCost, LatencyCost, ParamsCost, StackFlopsCost
 from .plan import PruningPlan
 from .uniform import check_reachable, is_uniform, search_cost, select_count
 
@@ -360,6 +361,12 @@ def plan_from_sparsity(
     uniform: every layer keeps the same number of heads (and key/value heads) and of neurons; the sparsity is
     then met at the first uniform width at or past it (module docstring).
     """
+    if scores.stacks is not None:
+        _stack_options(uniform=uniform, removed=removed)
+        plan = plan_from_sparsity(scores.flatten(), head_sparsity, ffn_sparsity, scope=scope, min_heads=min_heads,
+                                  min_neurons=min_neurons, head_multiple=head_multiple,
+                                  neuron_multiple=neuron_multiple, gqa=gqa)
+        return _stacked_plan(plan, scores.flat_keys())
     for name, value in (("head_sparsity", head_sparsity), ("ffn_sparsity", ffn_sparsity)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -625,7 +632,14 @@ def plan_from_flops(
     rules in the module docstring. seq_len: the tokens the FLOPs are counted for; by default
     `hf_prune.architecture.counting.default_seq_len(model.config)` (128, or a vision transformer's patches + 1).
     """
-    if seq_len is None:
+    if scores.stacks is not None:
+        _stack_options(uniform=uniform, removed=removed, structure=structure)
+        flat = FlatView(model)
+        plan = plan_from_flops(scores.flatten(), flat, flops_fraction, flops_reduction=flops_reduction,
+                               max_flops=max_flops, seq_len=seq_len, min_heads=min_heads, min_neurons=min_neurons,
+                               head_multiple=head_multiple, neuron_multiple=neuron_multiple, gqa=gqa)
+        return _stacked_plan(plan, flat.keys)
+    if seq_len is None and not isinstance(model, FlatView):
         seq_len = default_seq_len(model.config)
     if flops_fraction is not None:
         warnings.warn("plan_from_flops(flops_fraction=x) is deprecated (x is the fraction kept): pass "
@@ -634,8 +648,12 @@ def plan_from_flops(
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
                                         neuron_multiple, gqa, removed, uniform)
     current = layer_shapes(model)
-    counter = FlopsCost(model.config.hidden_size, get_layout(model).gated, seq_len,
-                        tuple(s.head_dim for s in current))
+    if isinstance(model, FlatView):  # several stacks: each entry at its stack's width and tokens
+        counter = StackFlopsCost.from_view(model, seq_len)
+        seq_len = stack_lengths(model.views, seq_len)
+    else:
+        counter = FlopsCost(model.config.hidden_size, get_layout(model).gated, seq_len,
+                            tuple(s.head_dim for s in current))
     dense = _dense_total(counter, model)
     target = dense * kept if max_flops is None else max_flops
     plan = _budget_plan(scores, counter, present, c, structure, layer_scores, dense, target, 0, "flops",
@@ -666,6 +684,13 @@ def plan_from_params(
     (hf_prune.count_parameters(model, layers_only=True)) to remove; an absolute `max_params`. Parameters are
     counted exactly from the model's modules (biases and norms included). Other arguments as `plan_from_flops`.
     """
+    if scores.stacks is not None:
+        _stack_options(uniform=uniform, removed=removed, structure=structure)
+        flat = FlatView(model)
+        plan = plan_from_params(scores.flatten(), flat, params_reduction, max_params=max_params,
+                                min_heads=min_heads, min_neurons=min_neurons, head_multiple=head_multiple,
+                                neuron_multiple=neuron_multiple, gqa=gqa)
+        return _stacked_plan(plan, flat.keys)
     _relative_budget(("params_reduction", params_reduction), ("max_params", max_params), 0.0, 1.0, "low")
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
                                         neuron_multiple, gqa, removed, uniform)
@@ -711,6 +736,9 @@ def plan_from_latency(
     measured for this model. Budget, exactly one of: `target`, the fraction in (0, 1] of the model's current
     predicted latency to keep (0.6: 60% of it); an absolute `max_seconds`. Other arguments as `plan_from_flops`.
     """
+    if scores.stacks is not None:
+        raise ValueError("plan_from_latency does not support models with several layer stacks yet: use "
+                         "plan_from_flops or plan_from_params")
     _relative_budget(("target", target), ("max_seconds", max_seconds), 0.0, 1.0, "high")
     _check_table(table, model)
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
@@ -722,3 +750,29 @@ def plan_from_latency(
     goal = dense * target if max_seconds is None else float(max_seconds)
     return _budget_plan(scores, counter, present, c, structure, layer_scores, dense, goal, base, "latency",
                         {"target": target, "max_seconds": max_seconds}, "seconds")
+
+
+# ----------------------------------------------------------------------------- several layer stacks
+
+
+def _stack_options(uniform: bool = False, removed=None, structure: str = "width") -> None:
+    """ValueError for options the planners do not support on models with several layer stacks yet."""
+    unsupported = [name for name, given in (("uniform=True", uniform), ("removed=", removed is not None),
+                                            (f"structure={structure!r}", structure != "width")) if given]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} is not supported on models with several layer stacks yet: "
+                         f"plan heads and neurons (structure='width'), then use drop_layers for whole layers")
+
+
+def _stacked_plan(plan: PruningPlan, keys) -> PruningPlan:
+    """A plan over FlatView entries -> the same plan with "<stack>.<layer>" keys and `cross_heads`."""
+    heads, cross, neurons = {}, {}, {}
+    for index, units in plan.heads.items():
+        stack, layer, is_cross = keys[index]
+        (cross if is_cross else heads)[f"{stack}.{layer}"] = units
+    for index, units in plan.neurons.items():
+        stack, layer, _ = keys[index]
+        neurons[f"{stack}.{layer}"] = units
+    metadata = {key: value for key, value in plan.metadata.items() if key != "shapes"}  # flat shapes mean nothing
+    metadata["stacks"] = sorted({stack for stack, _, _ in keys}, key=[k[0] for k in keys].index)
+    return PruningPlan(heads, neurons, metadata, [], cross)

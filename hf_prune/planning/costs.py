@@ -6,7 +6,8 @@ per present layer), so a chunk of heads saves ``layer(i, before, 0) - layer(i, a
 neurons ``layer(i, 0, 0, before) - layer(i, 0, 0, after)``, and removing a whole layer saves all of
 ``layer(i, heads, kv_heads, ffn)``. The planners' search (`hf_prune.planning.budgets`) only uses these.
 
-- `FlopsCost`: analytic layer FLOPs at `seq_len` tokens (`hf_prune.architecture.counting.layer_flops`).
+- `FlopsCost`: analytic layer FLOPs at `seq_len` tokens (`hf_prune.architecture.counting.layer_flops`);
+  `StackFlopsCost` the same per stack (hidden size, tokens) with cross-attention, for models with several stacks.
 - `ParamsCost`: exact parameter counts read off the model's modules (biases and norms included).
 - `LatencyCost`: predicted seconds from a latency table (`layer_seconds`, `attention_cost`, `ffn_cost`).
 """
@@ -18,9 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from ..architecture.counting import layer_flops
+from ..architecture.counting import cross_attention_flops, layer_flops, stack_lengths
 from ..architecture.layouts import get_layers, get_layout
-from ..architecture.shapes import layer_shape
+from ..architecture.shapes import layer_shape, layer_shapes
 from ..importance.units import unit_sizes
 
 
@@ -54,6 +55,34 @@ class FlopsCost(CostModel):
 
     def layer(self, i: int, heads: int, kv_heads: int, ffn: int) -> int:
         return layer_flops(self.hidden, heads, kv_heads, self.head_dim[i], ffn, self.seq_len, self.gated)
+
+
+@dataclass(frozen=True)
+class StackFlopsCost(CostModel):
+    """Layer FLOPs of the entries of a `FlatView` (several stacks): each entry has its stack's hidden size and
+    tokens; a cross-attention entry costs `cross_attention_flops` over its source stack's tokens."""
+
+    entries: tuple[tuple[int, int, int, bool, int], ...]  # per entry: (hidden, tokens, source tokens, cross, head_dim)
+    gated: bool
+
+    def layer(self, i: int, heads: int, kv_heads: int, ffn: int) -> int:
+        hidden, tokens, source, cross, head_dim = self.entries[i]
+        if cross:
+            return cross_attention_flops(hidden, heads, head_dim, tokens, source)
+        return layer_flops(hidden, heads, kv_heads, head_dim, ffn, tokens, self.gated)
+
+    @classmethod
+    def from_view(cls, flat, seq_len) -> StackFlopsCost:
+        """From a FlatView and `seq_len` (one length, {stack: length}, or None for every stack's default)."""
+        lengths = stack_lengths(flat.views, seq_len)
+        shapes = layer_shapes(flat)
+        entries = []
+        for (stack, _, cross), shape in zip(flat.keys, shapes):
+            view = flat.views[stack]
+            tokens = lengths[stack]
+            entries.append((view.config.hidden_size, tokens, lengths.get(view.stack.source, tokens), cross,
+                            shape.head_dim))
+        return cls(tuple(entries), flat.hf_prune_layout.gated)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,29 @@ from ..surgery.depth import as_layer_index
 from ..surgery.width import prune_model
 
 
-def _int_keys(mapping) -> dict[int, list[int]]:
-    return {int(k): sorted(int(i) for i in v) for k, v in sorted(mapping.items(), key=lambda kv: int(kv[0])) if len(v)}
+def _layer_key(key) -> int | tuple[str, int]:
+    """Sort key of a layer key: an int (or "3"), or "<stack>.<layer>" on models with several stacks."""
+    if isinstance(key, str) and "." in key:
+        stack, _, layer = key.partition(".")
+        return stack, int(layer)
+    return int(key)
+
+
+def _int_keys(mapping) -> dict:
+    """{layer: sorted unit indices}: int layer keys, or "<stack>.<layer>" strings kept as they are (empty lists dropped)."""
+    out = {}
+    for key, units in mapping.items():
+        if len(units):
+            out[key if isinstance(key, str) and "." in key else int(key)] = sorted(int(i) for i in units)
+    return dict(sorted(out.items(), key=lambda kv: _layer_key(kv[0])))
 
 
 @dataclass(frozen=True)
 class PruningPlan(JsonFile):
     """What to remove: {layer: [query head indices]}, {layer: [FFN neuron indices]} and [whole layers], plus metadata.
+
+    On models with several layer stacks the keys are "<stack>.<layer>" strings and `cross_heads` holds the
+    cross-attention heads of decoder layers.
 
     All layer indices refer to the model's layers before the plan is applied (heads and neurons are cut
     first, layers removed last, as `prune_model` does).
@@ -28,21 +44,28 @@ class PruningPlan(JsonFile):
     neurons: dict[int, list[int]] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     layers: list[int] = field(default_factory=list)
+    cross_heads: dict[str, list[int]] = field(default_factory=dict)  # encoder-decoders: {"decoder.2": [1]}
 
     def __post_init__(self):
         object.__setattr__(self, "heads", _int_keys(self.heads))
         object.__setattr__(self, "neurons", _int_keys(self.neurons))
+        object.__setattr__(self, "cross_heads", _int_keys(self.cross_heads))
         if isinstance(self.layers, (str, bytes, dict)) or not hasattr(self.layers, "__iter__"):
             raise ValueError(f"`layers` of a pruning plan must be a list of layer indices, got {self.layers!r}")
-        object.__setattr__(self, "layers", sorted(as_layer_index(i, "index in `layers`") for i in self.layers))
+        object.__setattr__(self, "layers", sorted(
+            (i if isinstance(i, str) and "." in i else as_layer_index(i, "index in `layers`") for i in self.layers),
+            key=_layer_key))
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "heads": {str(k): v for k, v in self.heads.items()},
             "neurons": {str(k): v for k, v in self.neurons.items()},
             "layers": list(self.layers),
             "metadata": self.metadata,
         }
+        if self.cross_heads:
+            out["cross_heads"] = dict(self.cross_heads)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
@@ -51,7 +74,8 @@ class PruningPlan(JsonFile):
             raise ValueError(
                 "a pruning plan is a dict with keys 'heads' and 'neurons' (and optional 'layers' and 'metadata')"
             )
-        return cls(data["heads"], data["neurons"], data.get("metadata", {}), data.get("layers", []))
+        return cls(data["heads"], data["neurons"], data.get("metadata", {}), data.get("layers", []),
+                   data.get("cross_heads", {}))
 
     def kept_widths(self) -> dict[str, list[int]]:
         """Query heads and FFN neurons each layer keeps (needs the `shapes` metadata)."""
@@ -64,9 +88,9 @@ class PruningPlan(JsonFile):
     def check_model(self, model: nn.Module) -> None:
         """ValueError unless the model has the widths this plan was made for (when recorded)."""
         shapes = self.metadata.get("shapes")
-        if shapes is None:
-            return
         current = layer_shapes(model)
+        if shapes is None or isinstance(current, dict):  # several stacks: prune_model checks every index
+            return
         have = {"heads": [s.heads for s in current], "ffn": [s.ffn for s in current]}
         for key in ("heads", "ffn"):
             if have[key] != list(shapes[key]):
@@ -75,4 +99,5 @@ class PruningPlan(JsonFile):
     def apply(self, model: nn.Module) -> nn.Module:
         """Check the model's widths, then `prune_model(model, heads=..., neurons=..., layers=...)`."""
         self.check_model(model)
-        return prune_model(model, heads=self.heads, neurons=self.neurons, layers=self.layers)
+        return prune_model(model, heads=self.heads, neurons=self.neurons, layers=self.layers,
+                           cross_heads=self.cross_heads or None)
