@@ -31,6 +31,7 @@ from hf_prune import (
     read_config_entry,
     save_pruned,
     supported_model_types,
+    tune_masks,
 )
 from hf_prune.architecture.counting import cross_attention_flops, layer_flops
 from hf_prune.architecture.layouts import get_layers, get_layout, get_submodule
@@ -239,10 +240,10 @@ def test_cross_heads_refused_on_models_without_cross_attention():
 
 
 def test_single_stack_functions_refuse_multi_stack_models_clearly():
-    from hf_prune import tune_masks
+    from hf_prune import reselect_units
 
     with pytest.raises(ValueError, match="several layer stacks \\(encoder, decoder\\)"):
-        tune_masks(make_stacked("t5"), PruningPlan(), [stacked_inputs("t5")])
+        reselect_units(make_stacked("t5"), PruningPlan(), ([], []))
 
 
 DAMAGED = [
@@ -415,3 +416,45 @@ def test_activation_scores_use_each_stacks_own_padding_mask():
                                  method="activation", progress=False).flatten() for d in (decoder, changed)]
     for a, b in zip(scores[0].heads + scores[0].neurons, scores[1].heads + scores[1].neurons):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- retrain-free recovery
+
+
+@pytest.mark.parametrize("reconstruct", ["scales", "weights"])
+def test_recovery_of_silent_units_changes_nothing(reconstruct):
+    """Removing heads, cross heads and neurons that contribute nothing: every least-squares solve must give back
+    the dense output, so a solution written to the wrong block (self- for cross-attention, encoder for decoder)
+    would show."""
+    model = make_stacked("t5")
+    request = {"heads": {"encoder.1": [2], "decoder.0": [1]}, "cross_heads": {"decoder.1": [0, 3]},
+               "neurons": {"decoder.0": [4, 7], "encoder.2": list(range(10))}}
+    silence_request(model, request)
+    inputs = {k: v for k, v in loss_batches("t5", 1)[0].items() if k != "labels"}
+    before = stacked_output(model, inputs)
+    solved = tune_masks(model, PruningPlan(request["heads"], request["neurons"], cross_heads=request["cross_heads"]),
+                        loss_batches("t5", 6), reconstruct=reconstruct, ridge=1e-10)  # exact solves
+    torch.testing.assert_close(stacked_output(model, inputs), before, atol=1e-4, rtol=1e-4)
+    if reconstruct == "scales":
+        assert set(solved["heads"]) == {"encoder.1", "decoder.0", "decoder.1"}
+        for scales in [*solved["heads"].values(), *solved["neurons"].values()]:
+            torch.testing.assert_close(scales, torch.ones_like(scales), atol=1e-3, rtol=0)
+    assert layer_shapes(model)["decoder"][1].cross_heads == 2
+
+
+@pytest.mark.parametrize("reconstruct", ["scales", "weights"])
+def test_recovery_of_one_tower_equals_the_single_tower_model(reconstruct, tmp_path):
+    """The vision tower of a CLIPModel recovered through the stacked path equals CLIPVisionModel recovered alone."""
+    clip = make_stacked("clip")
+    save_pruned(clip, tmp_path / "clip")
+    tower = load_pruned(tmp_path / "clip", model_class=tf.CLIPVisionModel).eval()
+    pixels = [stacked_inputs("clip", seed=s)["pixel_values"] for s in range(4)]
+    heads, neurons = {1: [0, 4], 2: [5]}, {0: list(range(20)), 2: [1, 2, 3]}
+    tune_masks(tower, PruningPlan(heads, neurons), [{"pixel_values": p} for p in pixels], reconstruct=reconstruct)
+    plan = PruningPlan({f"vision.{i}": h for i, h in heads.items()}, {f"vision.{i}": n for i, n in neurons.items()})
+    text = stacked_inputs("clip")["input_ids"]
+    tune_masks(clip, plan, [{"pixel_values": p, "input_ids": text} for p in pixels], reconstruct=reconstruct)
+    for mine, alone in zip(clip.vision_model.encoder.layers, tower.encoder.layers):
+        for a, b in ((mine.self_attn.out_proj, alone.self_attn.out_proj), (mine.mlp.fc2, alone.mlp.fc2)):
+            torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(a.bias, b.bias, atol=1e-6, rtol=1e-5)

@@ -36,13 +36,15 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..architecture.layouts import get_layers, get_layout, get_submodule
+from ..architecture.layouts import get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import layer_shape
+from ..architecture.stacks import FlatView, UnitKey
 from ..planning.plan import PruningPlan
 from ..surgery.depth import check_removable, drop_layers
+from ..surgery.width import prune_model
 from ..utils import materialized
 from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
-from .moments import check_moments, removed_layers
+from .moments import calibration_moments, check_moments, removed_layers
 from .streaming import check_reconstruct, scale_columns, stream_recover, write_projection
 
 
@@ -60,6 +62,8 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
     allowed); they are removed after the surviving layers are recovered.
     """
     ridge = check_reconstruct(reconstruct, ridge)
+    if get_stacks(model) is not None:
+        return _tune_stacks(model, plan, moments, ridge, reconstruct)
     layout = get_layout(model)
     plan.check_model(model)
     removed = removed_layers(plan, model)
@@ -68,15 +72,40 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
     width_plan = PruningPlan(plan.heads, plan.neurons, plan.metadata)
     layers = list(get_layers(model, layout))  # the layers before the plan: indices stay valid after removal
     if reconstruct == "weights":
-        solved = _apply_weight_reconstruction(model, width_plan, layout, layers, *moments, ridge)
+        solved = _apply_weight_reconstruction(lambda: width_plan.apply(model), width_plan, layout, layers, *moments, ridge)
     else:
-        solved = _apply_scales(model, width_plan, layout, layers, *moments, ridge)
+        solved = _apply_scales(lambda: width_plan.apply(model), width_plan, layout, layers, *moments, ridge)
     drop_layers(model, removed)  # last, as `plan.apply` does
     return solved
 
 
-def _apply_scales(model, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
-    """Solve the kept units' scales on the dense weights, prune the widths, then scale the kept columns."""
+def _tune_stacks(model: nn.Module, plan: PruningPlan, moments, ridge: float, reconstruct: str) -> dict:
+    """`apply_mask_tuning` on a model with several layer stacks: solved on its FlatView (moments from
+    `calibration_moments(model, ...)`), pruned with the stacked plan, solutions written into the same modules."""
+    if plan.layers:
+        raise ValueError("recovery of plans that remove whole layers is not supported on models with several layer "
+                         "stacks yet: recover the width plan, then drop_layers")
+    flat = FlatView(model)
+    index = {key: i for i, key in enumerate(flat.keys)}
+    flat_plan = {"heads": {}, "neurons": {}}
+    for kind, mapping, cross in (("heads", plan.heads, False), ("heads", plan.cross_heads, True),
+                                 ("neurons", plan.neurons, False)):
+        for key, units in mapping.items():
+            stack, _, layer = str(key).partition(".")
+            if not layer.isdigit() or UnitKey(stack, int(layer), cross) not in index:
+                raise ValueError(f"plan key {key!r} names no layer of this model (stacks: {', '.join(flat.views)})")
+            flat_plan[kind][index[UnitKey(stack, int(layer), cross)]] = units
+    flat_plan = PruningPlan(flat_plan["heads"], flat_plan["neurons"])
+    check_moments(moments, flat)
+    layers, layout = list(get_layers(flat)), get_layout(flat)
+    solve = _apply_weight_reconstruction if reconstruct == "weights" else _apply_scales
+    solved = solve(lambda: prune_model(model, plan.heads, plan.neurons, cross_heads=plan.cross_heads or None),
+                   flat_plan, layout, layers, *moments, ridge)
+    return {kind: {flat.key(i): s for i, s in values.items()} for kind, values in solved.items()}
+
+
+def _apply_scales(apply, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
+    """Solve the kept units' scales on the dense weights, prune the widths (`apply()`), then scale the kept columns."""
     solved: dict[str, dict[int, torch.Tensor]] = {"heads": {}, "neurons": {}}
     for i, layer in enumerate(layers):
         shape = layer_shape(layer, layout)
@@ -92,7 +121,7 @@ def _apply_scales(model, plan, layout, layers, o_moments, down_moments, ridge) -
                     gram = unit_gram(moment[:-1, :-1], proj.weight, units, layout.conv1d)
                 solved[kind][i] = least_squares_scales(gram, keep, ridge)
 
-    plan.apply(model)
+    apply()  # prunes the model: validates the whole request, then cuts
     for i, scales in solved["heads"].items():
         head_dim = layer_shape(layers[i], layout).head_dim
         scale_columns(get_submodule(layers[i], layout.o), scales, head_dim, layout.conv1d)
@@ -101,7 +130,7 @@ def _apply_scales(model, plan, layout, layers, o_moments, down_moments, ridge) -
     return {kind: {i: s.float() for i, s in d.items()} for kind, d in solved.items()}
 
 
-def _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
+def _apply_weight_reconstruction(apply, plan, layout, layers, o_moments, down_moments, ridge) -> dict:
     """Solve every touched projection on the dense weights, prune the widths, then write the solutions in."""
     solved = []  # (layer, projection path, weight (out, K), bias or None)
     for i, layer in enumerate(layers):
@@ -118,7 +147,7 @@ def _apply_weight_reconstruction(model, plan, layout, layers, o_moments, down_mo
                     bias = getattr(proj, "bias", None)
                     solved.append((i, path, *reconstruct_weights(moment, proj.weight, bias, keep, layout.conv1d,
                                                                  ridge)))
-    plan.apply(model)
+    apply()
     for i, path, weight, bias in solved:
         write_projection(get_submodule(layers[i], path), weight, bias, layout.conv1d)
     return {"heads": {}, "neurons": {}}
@@ -146,7 +175,12 @@ def tune_masks(
 
     Layer by layer: this holds one layer's statistics at a time (`stream_recover(..., mode="dense")`) and gives
     the result of `calibration_moments` + `apply_mask_tuning`, which hold every layer's statistics at once.
+    Models with several layer stacks (T5, BART, CLIP) take the second route (every layer's statistics at once),
+    with "<stack>.<layer>" keys in the plan and in the scales returned.
     """
+    if get_stacks(model) is not None:  # one pass holding every layer's statistics (layer by layer: single stacks)
+        moments = calibration_moments(model, dataloader, max_batches)
+        return apply_mask_tuning(model, plan, moments, ridge=ridge, reconstruct=reconstruct)
     result = stream_recover(model, plan, dataloader, mode="dense", reconstruct=reconstruct, ridge=ridge,
                             max_batches=max_batches)
     return {kind: dict(values) for kind, values in result.scales.items()}

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..architecture.layouts import Layout, get_layers, get_layout, get_submodule
+from ..architecture.layouts import Layout, get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import layer_shape
+from ..architecture.stacks import FlatView
 from ..surgery.depth import validate_layer_request
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
 
@@ -66,9 +67,12 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
     down_moments = [None if s is None else torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
     current: dict = {}
 
+    mask_name = getattr(model, "mask_name", lambda i: "attention_mask")  # a FlatView: each stack's own mask
+
     def hook_for(store: list, i: int):
         def hook(module, args):
-            mask = current.get("attention_mask")
+            name = mask_name(i)
+            mask = current.get(name) if name else None
             if args[0].device == store[i].device:  # in place, as the layer-by-layer path accumulates
                 accumulate_moment(store[i], args[0], mask)
             else:
@@ -133,6 +137,13 @@ def calibration_moments(model: nn.Module, dataloader: Iterable[Mapping[str, torc
     This holds every layer's statistics at once. skip_layers: layers whose statistics are not collected
     (None in their place), for instance the layers a plan removes; such moments serve only plans that
     remove those layers.
+
+    Models with several layer stacks (T5, BART, CLIP): one matrix per entry of their `FlatView` (every stack's
+    layers, then every decoder layer's cross-attention), each over its own stack's real tokens.
     """
     skip = frozenset(int(i) for i in skip_layers)
+    if get_stacks(model) is not None:
+        if skip:
+            raise ValueError("skip_layers is not supported on models with several layer stacks yet")
+        model = FlatView(model)
     return _input_second_moments(model, get_layout(model), take(dataloader, max_batches), skip)
