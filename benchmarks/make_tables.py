@@ -524,6 +524,30 @@ def reselect() -> str:
                      "speedup (CPU)", "same units"], body))
 
 
+def streaming() -> str:
+    """benchmarks/results/streaming.json (bench_streaming.py): one-pass vs layer-by-layer recovery on SmolLM2."""
+    d = load("streaming.json")
+    setup = d["setup"]
+    one_pass = next(r for r in d["rows"] if r["variant"] == "one-pass")
+    body = []
+    for r in d["rows"]:
+        change = r["perplexity"] / one_pass["perplexity"] - 1
+        body.append([r["variant"], f"{r['perplexity']:.3f}", ", ".join(f"{p:.3f}" for p in r["perplexity_runs"]),
+                     f"{change:+.1%}", f"{r['peak_extra_mb']:.0f}", f"{one_pass['peak_extra_mb'] / r['peak_extra_mb']:.1f}",
+                     f"{r['seconds']:.0f}"])
+    check = d["dense_streaming_vs_one_pass"]
+    verdict = "PASS" if check["within_0.5%"] else "MISS"
+    worst = max(abs(x - 1) for x in check["perplexity_ratio_per_slice"])
+    return (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}). {setup['model']}; "
+            f"{setup['method']} at {setup['params_reduction']:.0%} of the layer parameters; windows of "
+            f"{setup['windows']}; {setup['slices']} slices. Memory: {setup['memory']}. Seconds are medians, measured "
+            f"while other work shared the 2 cores (compare memory and perplexity, not time).\n\n"
+            + table(["variant", "perplexity (mean)", "per slice", "vs one-pass", "peak extra MB", "memory ÷",
+                     "seconds"], body)
+            + f"\n\nStreaming in dense-input mode against one-pass, per slice: largest perplexity difference "
+              f"{worst:.2%} (target ≤ 0.5%: **{verdict}**).")
+
+
 def large_layer() -> str:
     """benchmarks/results/large_layer.json (bench_large_layer.py): per-stage time and memory of one real-width layer."""
     d = load("large_layer.json")
@@ -732,6 +756,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "prune-time": prune_time,
     "reselect": reselect,
     "large-layer": large_layer,
+    "streaming": streaming,
     "onnx": onnx_table,
     "supported-model-types": supported_types,
 }
@@ -740,7 +765,7 @@ FILES: dict[Path, tuple[str, ...]] = {
     RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
                  "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
-                 "onnx", "uniform", "prune-time", "reselect", "large-layer"),
+                 "onnx", "uniform", "prune-time", "reselect", "large-layer", "streaming"),
     README_MD: ("supported-model-types", "results-at-a-glance"),
 }
 

@@ -152,7 +152,7 @@ def latency_table(job: Job):
 def prune_retrain_free(job: Job) -> dict:
     """Drop the weakest layers, then score the widths of the remaining ones on calibration data, plan (a budget
     with --structure depth/joint may choose more layers), recover by least squares layer by layer (or just cut),
-    then unstructured zeros: `hf_prune.prune_retrain_free` in dense mode.
+    then unstructured zeros: `hf_prune.prune_retrain_free` (dense mode unless --recovery_inputs sequential).
 
     Layers go first, so width scores, the plan and the recovery statistics all see the model as it will be:
     recovery re-fits the remaining layers' kept units to the outputs those layers had (dense widths) after the
@@ -168,8 +168,8 @@ def prune_retrain_free(job: Job) -> dict:
         tables.append(latency_table(job))
         return tables[-1]
 
-    result = run_pipeline(model, calibration, config, mode="dense", latency_table=measured_table,
-                          seed=job.training.seed)
+    result = run_pipeline(model, calibration, config, mode=config.recovery_inputs or "dense",
+                          latency_table=measured_table, seed=job.training.seed)
     table = tables[-1] if tables else None
     if result.plan is None:  # depth only
         return {"mode": "retrain-free", "schedule": None, "reselected": False, "recovery": None, "config": config,

@@ -228,12 +228,13 @@ def retrain_free(job: LMJob, *, seed: int = 0) -> dict:
         tables.append(latency_table_for(job))
         return tables[-1]
 
-    result = prune_retrain_free(job.model, job.calibration, job.config, mode="dense", latency_table=measured_table,
+    mode = job.config.recovery_inputs or "sequential"  # measured best on SmolLM2 (bench_streaming.py)
+    result = prune_retrain_free(job.model, job.calibration, job.config, mode=mode, latency_table=measured_table,
                                 seed=seed)
     table = tables[-1] if tables else None
     plan = result.plan
     return {"mode": "retrain-free", "schedule": None, "reselected": result.reselected, "recovery": result.recovery,
-            "removed_layers": result.removed_layers,
+            "recovery_inputs": mode, "removed_layers": result.removed_layers,
             "predicted_latency": plan.metadata.get("latency") if plan is not None else None,
             "latency_table": table.to_dict() if table is not None else None, "stages_s": result.seconds}
 

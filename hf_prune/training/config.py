@@ -21,6 +21,7 @@ SCHEDULES = ("cubic", "linear")
 SCOPES = ("global", "layer")
 GQA_MODES = ("per_group", "groups")
 RECONSTRUCT = ("weights", "scales")
+RECOVERY_INPUTS = ("dense", "sequential")
 COMPACT = ("auto", "always", "never")
 LATENCY_MODES = ("auto", "forward", "decode")
 
@@ -126,6 +127,11 @@ class PruningConfig(JsonFile):
     reconstruct: str = field(default="weights", metadata=_help(
         "what recovery re-solves: the kept projection weights and bias (weights), or one scale per kept unit (scales)",
         choices=list(RECONSTRUCT)))
+    recovery_inputs: str | None = field(default=None, metadata=_help(
+        "with --retrain_free: the hidden states each layer is recovered on, the dense model's (dense: the one-pass "
+        "result) or those of the already-pruned earlier layers (sequential, as SparseGPT). Default: sequential in "
+        "hf-prune-lm (lower perplexity on SmolLM2 in benchmarks/RESULTS.md), dense in hf-prune-heads",
+        choices=list(RECOVERY_INPUTS)))
     reselect: bool = field(default=True, metadata=_help(
         "with --retrain_free weight recovery: keep the plan's per-layer counts but re-choose the units the rest "
         "rebuild best (greedy OBS; --no_reselect keeps the scores' choice)"))
@@ -160,6 +166,7 @@ class PruningConfig(JsonFile):
         for name, allowed in (("importance", METHODS), ("layer_importance", LAYER_METHODS),
                               ("pruning_schedule", SCHEDULES), ("pruning_scope", SCOPES),
                               ("unstructured_scope", SCOPES), ("gqa", GQA_MODES), ("reconstruct", RECONSTRUCT),
+                              ("recovery_inputs", (*RECOVERY_INPUTS, None)),
                               ("compact", COMPACT), ("latency_mode", LATENCY_MODES), ("structure", STRUCTURES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
