@@ -15,7 +15,9 @@ from tiny_stacks import SINGLE_TOWERS, STACKED, make_stacked, make_tower, stacke
 
 from hf_prune import (
     ImportanceScores,
+    PruningConfig,
     PruningPlan,
+    calibration_moments,
     compute_importance,
     count_flops,
     count_parameters,
@@ -28,7 +30,9 @@ from hf_prune import (
     plan_from_params,
     plan_from_sparsity,
     prune_model,
+    prune_retrain_free,
     read_config_entry,
+    reselect_units,
     save_pruned,
     supported_model_types,
     tune_masks,
@@ -240,10 +244,10 @@ def test_cross_heads_refused_on_models_without_cross_attention():
 
 
 def test_single_stack_functions_refuse_multi_stack_models_clearly():
-    from hf_prune import reselect_units
+    from hf_prune import measure_latency_table
 
     with pytest.raises(ValueError, match="several layer stacks \\(encoder, decoder\\)"):
-        reselect_units(make_stacked("t5"), PruningPlan(), ([], []))
+        measure_latency_table(make_stacked("t5"))
 
 
 DAMAGED = [
@@ -458,3 +462,30 @@ def test_recovery_of_one_tower_equals_the_single_tower_model(reconstruct, tmp_pa
         for a, b in ((mine.self_attn.out_proj, alone.self_attn.out_proj), (mine.mlp.fc2, alone.mlp.fc2)):
             torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(a.bias, b.bias, atol=1e-6, rtol=1e-5)
+
+
+def test_reselection_keeps_counts_and_prefers_silent_units():
+    """Re-selection keeps every layer's (and cross-attention's) counts, and picks units that contribute nothing
+    before the ones the scores chose."""
+    model = make_stacked("t5")
+    silence_request(model, {"heads": {"encoder.2": [3]}, "cross_heads": {"decoder.0": [2]},
+                            "neurons": {"encoder.1": [5, 6]}})
+    plan = PruningPlan({"encoder.2": [0]}, {"encoder.1": [0, 1]}, cross_heads={"decoder.0": [0]})
+    moments = calibration_moments(model, loss_batches("t5", 6))
+    chosen = reselect_units(model, plan, moments, progress=False)
+    assert chosen.heads == {"encoder.2": [3]} and chosen.cross_heads == {"decoder.0": [2]}
+    assert chosen.neurons == {"encoder.1": [5, 6]}
+
+
+@pytest.mark.parametrize("name", ["t5", "clip"])
+def test_prune_retrain_free_on_stacks(name):
+    model = make_stacked(name)
+    batches = loss_batches(name, 4)
+    dense_flops = count_flops(model)
+    result = prune_retrain_free(model, batches, PruningConfig(flops_reduction=0.3))
+    assert result.reselected and result.recovery == "weights"
+    assert all("." in key for key in [*result.plan.heads, *result.plan.neurons, *result.plan.cross_heads])
+    assert count_flops(model) <= 0.7 * dense_flops
+    stacked_output(model, stacked_inputs(name))
+    with pytest.raises(ValueError, match="mode='sequential'.*several layer stacks"):
+        prune_retrain_free(make_stacked(name), batches, PruningConfig(flops_reduction=0.3), mode="sequential")

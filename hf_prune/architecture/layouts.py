@@ -558,7 +558,8 @@ def get_layout(model_or_config) -> Layout:
         raise ValueError(
             f"model_type {model_type!r} has several layer stacks ({names}). layer_shapes, prune_model, drop_layers, "
             f"count_flops, count_parameters, compute_importance, plan_from_sparsity/flops/params, tune_masks, "
-            f"calibration_moments, apply_mask_tuning, save_pruned and load_pruned address its layers as "
+            f"calibration_moments, reselect_units, apply_mask_tuning, prune_retrain_free, save_pruned and "
+            f"load_pruned address its layers as "
             f"\"<stack>.<layer>\" (hf_prune.layer_stacks(model) lists the stacks); "
             f"this function supports single-stack models only"
         )

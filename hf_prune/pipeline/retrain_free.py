@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..architecture.layouts import get_stacks
 from ..planning.plan import PruningPlan
 from ..recovery.streaming import StreamingResult, model_digest, stream_recover
 from ..training.config import PruningConfig
@@ -165,6 +166,9 @@ def prune_retrain_free(
     if mode not in ("dense", "sequential"):
         raise ValueError(f"mode must be 'dense' or 'sequential', got {mode!r}")
     _check_batches(calibration_batches)
+    if get_stacks(model) is not None:
+        return _retrain_free_stacks(model, calibration_batches, config, mode=mode, checkpoint_dir=checkpoint_dir,
+                                    offload_dir=offload_dir, seed=seed)
     if not config.structured and not config.unstructured_sparsity:
         raise ValueError("the config removes nothing: set a target (flops_reduction, params_reduction, head_sparsity / "
                          "ffn_sparsity, "
@@ -226,6 +230,48 @@ def prune_retrain_free(
     seconds["recovery_s"] = time.perf_counter() - t
     if config.unstructured_sparsity:
         prune_unstructured(model, config.unstructured_sparsity, scope=config.unstructured_scope)
+    seconds["total_s"] = time.perf_counter() - start
+    result.seconds = seconds
+    return result
+
+
+def _retrain_free_stacks(model: nn.Module, batches, config: PruningConfig, *, mode: str, checkpoint_dir, offload_dir,
+                         seed: int) -> RetrainFreeResult:
+    """`prune_retrain_free` on a model with several layer stacks (T5, BART, CLIP): one scoring pass over every
+    stack, the global plan, then (optionally re-selected) recovery holding every layer's statistics at once."""
+    from ..importance.compute import compute_importance
+    from ..recovery.mask_tuning import apply_mask_tuning
+    from ..recovery.moments import calibration_moments
+    from ..recovery.reselect import reselect_units
+
+    unsupported = [name for name, given in (
+        ("mode='sequential'", mode != "dense"), ("checkpoint_dir", checkpoint_dir is not None),
+        ("offload_dir", offload_dir is not None), ("layer removal", config.removes_layers or config.plans_layers),
+        ("unstructured_sparsity", bool(config.unstructured_sparsity))) if given]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: not supported by prune_retrain_free on models with several layer "
+                         f"stacks yet (one pass, dense inputs, widths only)")
+    if not config.structured:
+        raise ValueError("the config removes nothing: set a target (flops_reduction, params_reduction, head_sparsity / "
+                         "ffn_sparsity)")
+    seconds, start = {}, time.perf_counter()
+    scores = compute_importance(model, batches, method=config.importance, label_free=config.label_free, seed=seed)
+    seconds["scoring_s"] = time.perf_counter() - start
+    t = time.perf_counter()
+    plan = make_plan(scores, model, config)
+    seconds["plan_s"] = time.perf_counter() - t
+    result = RetrainFreeResult(plan, scores=scores)
+    t = time.perf_counter()
+    if config.mask_tuning:
+        moments = calibration_moments(model, batches)
+        result.reselected = config.reconstruct == "weights" and config.reselect
+        if result.reselected:
+            result.plan = reselect_units(model, plan, moments)
+        apply_mask_tuning(model, result.plan, moments, reconstruct=config.reconstruct)
+        result.recovery = config.reconstruct
+    else:
+        plan.apply(model)
+    seconds["recovery_s"] = time.perf_counter() - t
     seconds["total_s"] = time.perf_counter() - start
     result.seconds = seconds
     return result

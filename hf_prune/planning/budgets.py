@@ -366,7 +366,7 @@ def plan_from_sparsity(
         plan = plan_from_sparsity(scores.flatten(), head_sparsity, ffn_sparsity, scope=scope, min_heads=min_heads,
                                   min_neurons=min_neurons, head_multiple=head_multiple,
                                   neuron_multiple=neuron_multiple, gqa=gqa)
-        return _stacked_plan(plan, scores.flat_keys())
+        return PruningPlan.from_flat(plan, scores.flat_keys())
     for name, value in (("head_sparsity", head_sparsity), ("ffn_sparsity", ffn_sparsity)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -638,7 +638,7 @@ def plan_from_flops(
         plan = plan_from_flops(scores.flatten(), flat, flops_fraction, flops_reduction=flops_reduction,
                                max_flops=max_flops, seq_len=seq_len, min_heads=min_heads, min_neurons=min_neurons,
                                head_multiple=head_multiple, neuron_multiple=neuron_multiple, gqa=gqa)
-        return _stacked_plan(plan, flat.keys)
+        return PruningPlan.from_flat(plan, flat.keys)
     if seq_len is None and not isinstance(model, FlatView):
         seq_len = default_seq_len(model.config)
     if flops_fraction is not None:
@@ -690,7 +690,7 @@ def plan_from_params(
         plan = plan_from_params(scores.flatten(), flat, params_reduction, max_params=max_params,
                                 min_heads=min_heads, min_neurons=min_neurons, head_multiple=head_multiple,
                                 neuron_multiple=neuron_multiple, gqa=gqa)
-        return _stacked_plan(plan, flat.keys)
+        return PruningPlan.from_flat(plan, flat.keys)
     _relative_budget(("params_reduction", params_reduction), ("max_params", max_params), 0.0, 1.0, "low")
     c, present, layer_scores = _prepare(scores, model, structure, min_heads, min_neurons, head_multiple,
                                         neuron_multiple, gqa, removed, uniform)
@@ -762,17 +762,3 @@ def _stack_options(uniform: bool = False, removed=None, structure: str = "width"
     if unsupported:
         raise ValueError(f"{', '.join(unsupported)} is not supported on models with several layer stacks yet: "
                          f"plan heads and neurons (structure='width'), then use drop_layers for whole layers")
-
-
-def _stacked_plan(plan: PruningPlan, keys) -> PruningPlan:
-    """A plan over FlatView entries -> the same plan with "<stack>.<layer>" keys and `cross_heads`."""
-    heads, cross, neurons = {}, {}, {}
-    for index, units in plan.heads.items():
-        stack, layer, is_cross = keys[index]
-        (cross if is_cross else heads)[f"{stack}.{layer}"] = units
-    for index, units in plan.neurons.items():
-        stack, layer, _ = keys[index]
-        neurons[f"{stack}.{layer}"] = units
-    metadata = {key: value for key, value in plan.metadata.items() if key != "shapes"}  # flat shapes mean nothing
-    metadata["stacks"] = sorted({stack for stack, _, _ in keys}, key=[k[0] for k in keys].index)
-    return PruningPlan(heads, neurons, metadata, [], cross)

@@ -77,6 +77,41 @@ class PruningPlan(JsonFile):
         return cls(data["heads"], data["neurons"], data.get("metadata", {}), data.get("layers", []),
                    data.get("cross_heads", {}))
 
+    def to_flat(self, keys) -> PruningPlan:
+        """This plan ("<stack>.<layer>" keys, `cross_heads`) over the entries of a FlatView whose entry i comes from
+        `keys[i]` = (stack, layer, cross). ValueError for a key naming no such layer, or for whole layers."""
+        if self.layers:
+            raise ValueError("plans that remove whole layers are not supported here on models with several layer "
+                             "stacks yet: apply the width plan, then drop_layers")
+        index = {tuple(key): i for i, key in enumerate(keys)}
+        stacks = sorted({key[0] for key in keys})
+        flat: dict[str, dict[int, list[int]]] = {"heads": {}, "neurons": {}}
+        for kind, mapping, cross in (("heads", self.heads, False), ("heads", self.cross_heads, True),
+                                     ("neurons", self.neurons, False)):
+            for key, units in mapping.items():
+                stack, _, layer = str(key).partition(".")
+                entry = (stack, int(layer), cross) if layer.isdigit() else None
+                if entry not in index:
+                    raise ValueError(f"plan key {key!r} names no {'decoder ' if cross else ''}layer of this model "
+                                     f"(stacks: {', '.join(stacks)}; keys are \"<stack>.<layer>\")")
+                flat[kind][index[entry]] = units
+        return PruningPlan(flat["heads"], flat["neurons"], dict(self.metadata))
+
+    @classmethod
+    def from_flat(cls, plan: PruningPlan, keys) -> PruningPlan:
+        """A plan over FlatView entries (`keys[i]` = (stack, layer, cross)) with "<stack>.<layer>" keys and
+        `cross_heads`."""
+        heads, cross, neurons = {}, {}, {}
+        for index, units in plan.heads.items():
+            stack, layer, is_cross = keys[index]
+            (cross if is_cross else heads)[f"{stack}.{layer}"] = units
+        for index, units in plan.neurons.items():
+            stack, layer, _ = keys[index]
+            neurons[f"{stack}.{layer}"] = units
+        metadata = {key: value for key, value in plan.metadata.items() if key != "shapes"}  # flat shapes mean nothing
+        metadata["stacks"] = list(dict.fromkeys(key[0] for key in keys))
+        return cls(heads, neurons, metadata, [], cross)
+
     def kept_widths(self) -> dict[str, list[int]]:
         """Query heads and FFN neurons each layer keeps (needs the `shapes` metadata)."""
         shapes = self.metadata["shapes"]

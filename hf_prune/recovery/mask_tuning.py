@@ -38,7 +38,7 @@ from torch import nn
 
 from ..architecture.layouts import get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import layer_shape
-from ..architecture.stacks import FlatView, UnitKey
+from ..architecture.stacks import FlatView
 from ..planning.plan import PruningPlan
 from ..surgery.depth import check_removable, drop_layers
 from ..surgery.width import prune_model
@@ -82,20 +82,8 @@ def apply_mask_tuning(model: nn.Module, plan: PruningPlan, moments: tuple[list, 
 def _tune_stacks(model: nn.Module, plan: PruningPlan, moments, ridge: float, reconstruct: str) -> dict:
     """`apply_mask_tuning` on a model with several layer stacks: solved on its FlatView (moments from
     `calibration_moments(model, ...)`), pruned with the stacked plan, solutions written into the same modules."""
-    if plan.layers:
-        raise ValueError("recovery of plans that remove whole layers is not supported on models with several layer "
-                         "stacks yet: recover the width plan, then drop_layers")
     flat = FlatView(model)
-    index = {key: i for i, key in enumerate(flat.keys)}
-    flat_plan = {"heads": {}, "neurons": {}}
-    for kind, mapping, cross in (("heads", plan.heads, False), ("heads", plan.cross_heads, True),
-                                 ("neurons", plan.neurons, False)):
-        for key, units in mapping.items():
-            stack, _, layer = str(key).partition(".")
-            if not layer.isdigit() or UnitKey(stack, int(layer), cross) not in index:
-                raise ValueError(f"plan key {key!r} names no layer of this model (stacks: {', '.join(flat.views)})")
-            flat_plan[kind][index[UnitKey(stack, int(layer), cross)]] = units
-    flat_plan = PruningPlan(flat_plan["heads"], flat_plan["neurons"])
+    flat_plan = plan.to_flat(flat.keys)
     check_moments(moments, flat)
     layers, layout = list(get_layers(flat)), get_layout(flat)
     solve = _apply_weight_reconstruction if reconstruct == "weights" else _apply_scales

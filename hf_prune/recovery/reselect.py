@@ -36,8 +36,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architecture.layouts import get_layers, get_layout, get_submodule
+from ..architecture.layouts import get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import layer_shape
+from ..architecture.stacks import FlatView
 from ..importance.scores import ImportanceScores
 from ..planning.plan import PruningPlan
 from ..utils import as_out_in, is_main_process, materialized
@@ -322,6 +323,10 @@ def reselect_units(model: nn.Module, plan: PruningPlan, moments: tuple[list, lis
     removed) are kept as they are.
     """
     _check(ridge, block)
+    if get_stacks(model) is not None:  # several stacks: re-selected on the FlatView (moments from calibration_moments)
+        flat = FlatView(model)
+        chosen = reselect_units(flat, plan.to_flat(flat.keys), moments, ridge=ridge, block=block, progress=progress)
+        return PruningPlan.from_flat(chosen, flat.keys)
     layout = get_layout(model)
     plan.check_model(model)
     layers = get_layers(model, layout)
