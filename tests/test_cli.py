@@ -199,11 +199,11 @@ def test_bad_input_one_error_line_nonzero_exit_nothing_written(case, tiny_model_
     elif case == "unseen_labels":
         args = base_args(tiny_model_dir, *data["unseen"], out)
     elif case == "unsupported_model":
-        from transformers import T5Config, T5Model
+        from transformers import BloomConfig, BloomModel
 
-        t5 = tmp_path / "t5"
-        T5Model(T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=50)).save_pretrained(t5)
-        args = base_args(t5, train, val, out)
+        bloom = tmp_path / "bloom"
+        BloomModel(BloomConfig(hidden_size=16, n_layer=1, n_head=2, vocab_size=50)).save_pretrained(bloom)
+        args = base_args(bloom, train, val, out)
     elif case == "existing_output":
         out.mkdir()
         (out / "keep.txt").write_text("previous result")

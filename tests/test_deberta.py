@@ -10,13 +10,13 @@ import copy
 import pytest
 import torch
 import transformers as tf
+from test_fused_layouts import assert_parameter_costs_exact
 from test_surgery import silence
 from tiny_models import deberta_v2_config, make_inputs
 
 from hf_prune import compute_importance, count_flops, count_parameters, get_layout, layer_shapes, load_pruned, prune_model
 from hf_prune.architecture.layouts import get_layers, get_submodule
 from hf_prune.importance import METHODS
-from hf_prune.planning.costs import ParamsCost
 from hf_prune.surgery.width import head_columns
 
 VARIANTS = {
@@ -196,12 +196,7 @@ def test_norm_scores_and_parameter_costs_count_the_relative_position_rows(varian
     per_head = projections * HEAD_DIM * (HIDDEN + 1) + HEAD_DIM * HIDDEN  # + the output projection's columns
     assert scores.heads[1].tolist() == [per_head] * 4
 
-    cost = ParamsCost.from_model(model)
-    predicted = sum(cost.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(layer_shapes(model)))
-    assert predicted == count_parameters(model, layers_only=True)
-    prune_model(model, heads=HEADS, neurons=NEURONS)
-    predicted = sum(cost.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(layer_shapes(model)))
-    assert predicted == count_parameters(model, layers_only=True)
+    assert_parameter_costs_exact(model, HEADS, NEURONS)
 
 
 @pytest.mark.parametrize("heads,neurons", [({1: [0], 2: [4]}, None), ({0: [0, 1]}, {2: [37]}), ({3: [0]}, None)])

@@ -245,16 +245,18 @@ def test_uniform_ffn_loads_with_plain_from_pretrained_and_heads_fail_loudly(mode
 # ----------------------------------------------------------------------------- counting, importance, recovery
 
 
+def assert_parameter_costs_exact(model, heads: dict, neurons: dict) -> None:
+    """ParamsCost, built on the dense model, predicts the layers' parameters before and after `prune_model`."""
+    cost = ParamsCost.from_model(model)
+    for request in ({}, {"heads": heads, "neurons": neurons}):
+        prune_model(model, **request)
+        predicted = sum(cost.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(layer_shapes(model)))
+        assert predicted == count_parameters(model, layers_only=True)
+
+
 @pytest.mark.parametrize("model_type", FUSED_TYPES)
 def test_parameter_costs_are_exact(model_type):
-    model = make_model(model_type)
-    heads, neurons = request_for(model_type)
-    cost = ParamsCost.from_model(model)
-    predicted = sum(cost.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(layer_shapes(model)))
-    assert predicted == count_parameters(model, layers_only=True)
-    prune_model(model, heads=heads, neurons=neurons)
-    after = sum(cost.layer(i, s.heads, s.kv_heads, s.ffn) for i, s in enumerate(layer_shapes(model)))
-    assert after == count_parameters(model, layers_only=True)
+    assert_parameter_costs_exact(make_model(model_type), *request_for(model_type))
 
 
 @pytest.mark.parametrize("model_type", NEW_TYPES)
