@@ -228,3 +228,22 @@ def test_an_unsliceable_position_projection_is_refused_before_anything_changes()
     assert not hasattr(model.config, "hf_prune")
     for key, value in state.items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("variant", ["separate", "separate-c2p", "shared-unbucketed"])
+def test_flops_count_the_relative_position_work_and_match_the_flop_counter(variant):
+    """count_flops includes the relative-position projections and c2p/p2c scores (per head), so FLOPs budgets
+    price DeBERTa's heads right; checked against torch's FlopCounterMode inside the layers (the conv layer and
+    the embeddings' LayerNorm are outside the count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(variant)
+    prune_model(model, heads={1: [0], 2: [1, 3]}, neurons={0: list(range(9))})
+    ids = make_inputs(batch=1, seq=12)["input_ids"]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(input_ids=ids)
+    per_module = counter.get_flop_counts()
+    layers = [f"DebertaV2ForSequenceClassification.deberta.encoder.layer.{i}" for i in range(3)]
+    measured = sum(sum(per_module[name].values()) for name in layers)
+    assert count_flops(model, seq_len=12) == pytest.approx(measured, rel=0.01)

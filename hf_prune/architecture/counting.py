@@ -8,6 +8,8 @@ FLOPs are counted analytically for the transformer layers only (what pruning cha
                 attention scores      2*T*T*h*d   (Q K^T)   + 2*T*T*h*d (A V)
                 FFN                   2*T*H*F * (2, or 3 with a SwiGLU gate)
 
+            relative positions  2*R*h*d*(H*p + T*s)  (DeBERTa: R position rows projected p times, s score types)
+
 with T tokens, hidden size H, h query heads, k key/value heads, head size d, FFN width F. Biases,
 norms, softmax and activations are left out (they are < 1% at these sizes). `tests/test_counting.py`
 checks the formula against torch's FlopCounterMode on a real forward pass.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .layouts import get_layers, get_layout, get_stacks
+from .layouts import PositionFlops, get_layers, get_layout, get_stacks
 from .shapes import layer_shapes
 from .stacks import stack_views
 
@@ -39,14 +41,25 @@ def count_parameters(model: nn.Module, layers_only: bool = False) -> int:
     return total
 
 
-def layer_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, seq_len: int, gated: bool) -> int:
-    """FLOPs of one transformer layer on one sequence of `seq_len` tokens (formula in the module docstring)."""
+def layer_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, ffn: int, seq_len: int, gated: bool,
+                position: PositionFlops | None = None) -> int:
+    """FLOPs of one transformer layer on one sequence of `seq_len` tokens (formula in the module docstring);
+    `position`: the per-head relative-position work of DeBERTa-style attention (`position_flops`)."""
     T, H, d = seq_len, hidden, head_dim
-    # left out: Layout.head_rows and relative-position scores (DeBERTa-v2), which scale with the position span: a lower bound
     projections = 2 * T * H * (heads * d + 2 * kv_heads * d) + 2 * T * heads * d * H
     attention = 2 * 2 * T * T * heads * d
     feed_forward = 2 * T * H * ffn * (3 if gated else 2)
-    return projections + attention + feed_forward
+    relative = 0
+    if position is not None:  # projections of the position embeddings (once per forward) and the c2p / p2c scores
+        relative = 2 * position.rows * heads * d * (H * position.projections + T * position.scores)
+    return projections + attention + feed_forward + relative
+
+
+def position_flops(model_or_config) -> PositionFlops | None:
+    """The per-head relative-position work of the model's layout (DeBERTa-v2), None for the others."""
+    config = getattr(model_or_config, "config", model_or_config)
+    compute = get_layout(model_or_config).position_flops
+    return compute(config) if compute is not None else None
 
 
 DEFAULT_SEQ_LEN = 128  # tokens of one text sequence when the caller gives none
@@ -87,9 +100,9 @@ def count_flops(model: nn.Module, seq_len: int | dict[str, int] | None = None, b
     if seq_len <= 0 or batch_size <= 0:
         raise ValueError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}")
     layout = get_layout(model)
-    hidden = model.config.hidden_size
+    hidden, position = model.config.hidden_size, position_flops(model)
     total = sum(
-        layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, seq_len, layout.gated)
+        layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, seq_len, layout.gated, position)
         for s in layer_shapes(model)
     )
     return total * batch_size

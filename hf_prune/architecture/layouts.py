@@ -37,6 +37,20 @@ class SharedBias:
 
 
 @dataclass(frozen=True)
+class PositionFlops:
+    """Per-head work of relative-position attention (DeBERTa's disentangled attention), for FLOPs counts.
+
+    Each layer projects `rows` relative-position embeddings into every head `projections` times (once per forward,
+    whatever the batch) and scores every token against them `scores` times (c2p, p2c), so one head costs
+    2 * rows * hidden * head_dim * projections + 2 * tokens * rows * head_dim * scores more.
+    """
+
+    projections: int = 0
+    scores: int = 0
+    rows: int = 0
+
+
+@dataclass(frozen=True)
 class Layout:
     """Where one architecture family keeps its prunable pieces (paths are dotted attribute names)."""
 
@@ -73,6 +87,7 @@ class Layout:
     head_bias: str | None = None  # from a layer: an embedding with one column per query head (T5's relative
     # position bias table), sliced with the heads where the layer has one
     shared_bias: SharedBias | None = None  # a per-head bias that one layer computes and the next layers reuse
+    position_flops: Callable[[object], PositionFlops] | None = None  # config -> per-head relative-position work
     head_rows: tuple[str, ...] = ()  # from a layer: more projections whose output rows are grouped by query head like
     # q's (DeBERTa-v2's pos_key_proj); sliced with the kept heads where the layer has them (the config may not build them)
 
@@ -314,7 +329,23 @@ DEBERTA_V2 = Layout(  # DeBERTa-v2 and -v3: BERT's block around disentangled (re
     # embeddings go through query_proj / key_proj instead. config_head_dim stays None: the attention refuses
     # hidden_size % num_attention_heads != 0, so pruned head counts can never be written as plain config keys
     head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+    position_flops=lambda config: _deberta_position_flops(config),
 )
+
+
+def _deberta_position_flops(config) -> PositionFlops:
+    """DeBERTa-v2's relative-position work per head: 2 * span embedding rows; with share_att_key both query_proj
+    and key_proj project them, else pos_key_proj ("c2p") and/or pos_query_proj ("p2c"); one score per type."""
+    if not getattr(config, "relative_attention", False):
+        return PositionFlops()
+    types = [t for t in (getattr(config, "pos_att_type", None) or []) if t in ("c2p", "p2c")]
+    span = getattr(config, "position_buckets", -1)
+    if span is None or span <= 0:
+        span = getattr(config, "max_relative_positions", -1)
+        if span is None or span < 1:
+            span = config.max_position_embeddings
+    projections = 2 if getattr(config, "share_att_key", False) and types else len(types)
+    return PositionFlops(projections=projections, scores=len(types), rows=2 * span)
 
 MODERNBERT_DECODER = Layout(
     family="modernbert-decoder",

@@ -72,7 +72,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..architecture.counting import default_seq_len, stack_lengths
+from ..architecture.counting import default_seq_len, position_flops, stack_lengths
 from ..architecture.layouts import get_layout
 from ..architecture.shapes import layer_shapes
 from ..architecture.stacks import FlatView
@@ -653,7 +653,7 @@ def plan_from_flops(
         seq_len = stack_lengths(model.views, seq_len)
     else:
         counter = FlopsCost(model.config.hidden_size, get_layout(model).gated, seq_len,
-                            tuple(s.head_dim for s in current))
+                            tuple(s.head_dim for s in current), position_flops(model))
     dense = _dense_total(counter, model)
     target = dense * kept if max_flops is None else max_flops
     plan = _budget_plan(scores, counter, present, c, structure, layer_scores, dense, target, 0, "flops",

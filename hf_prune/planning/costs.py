@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..architecture.counting import cross_attention_flops, layer_flops, stack_lengths
-from ..architecture.layouts import get_layers, get_layout
+from ..architecture.layouts import PositionFlops, get_layers, get_layout
 from ..architecture.shapes import layer_shape, layer_shapes
 from ..importance.units import unit_sizes
 
@@ -52,9 +52,11 @@ class FlopsCost(CostModel):
     gated: bool
     seq_len: int
     head_dim: tuple[int, ...]  # per layer
+    position: PositionFlops | None = None  # DeBERTa's relative-position work per head
 
     def layer(self, i: int, heads: int, kv_heads: int, ffn: int) -> int:
-        return layer_flops(self.hidden, heads, kv_heads, self.head_dim[i], ffn, self.seq_len, self.gated)
+        return layer_flops(self.hidden, heads, kv_heads, self.head_dim[i], ffn, self.seq_len, self.gated,
+                           self.position)
 
 
 @dataclass(frozen=True)

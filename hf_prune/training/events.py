@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from ..architecture.config_entry import ENTRY_KEY, dense_widths, layer_history
-from ..architecture.counting import count_flops, count_parameters, layer_flops
+from ..architecture.counting import count_flops, count_parameters, layer_flops, position_flops
 from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
 from ..importance.layers import LayerScores
@@ -42,7 +42,8 @@ def dense_totals(model: nn.Module, seq_len: int) -> dict:
     base = entry["base"] if isinstance(entry, dict) else dense_widths(model.config)
     shapes = layer_shapes(model)
     n, hidden, gated = dense_layer_count(model), model.config.hidden_size, get_layout(model).gated
-    flops = n * layer_flops(hidden, base["heads"], base["kv_heads"], shapes[0].head_dim, base["ffn"], seq_len, gated)
+    flops = n * layer_flops(hidden, base["heads"], base["kv_heads"], shapes[0].head_dim, base["ffn"], seq_len, gated,
+                            position_flops(model))
     return {"layers": n, "heads": n * base["heads"], "ffn": n * base["ffn"], "flops": flops,
             "layer_params": n * dense_layer_params(model, base)}
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..architecture.counting import layer_flops
+from ..architecture.counting import layer_flops, position_flops
 from ..architecture.gates import Gates
 from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
@@ -79,14 +79,14 @@ class GateMasks:
 
     def flops(self, model: nn.Module, seq_len: int) -> int:
         """Layer FLOPs at `seq_len` of the model once the gated units are cut."""
-        hidden, gated = model.config.hidden_size, get_layout(model).gated
+        hidden, gated, position = model.config.hidden_size, get_layout(model).gated, position_flops(model)
         total = 0
         for s, head_mask, neuron_mask, alive in zip(layer_shapes(model), self.heads, self.neurons, self.layers):
             if not alive:
                 continue
             kept = sum(head_mask)
             kv = kept if s.kv_heads == s.heads else (s.kv_heads * kept // s.heads if s.heads else 0)
-            total += layer_flops(hidden, kept, kv, s.head_dim, sum(neuron_mask), seq_len, gated)
+            total += layer_flops(hidden, kept, kv, s.head_dim, sum(neuron_mask), seq_len, gated, position)
         return total
 
     def cut(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
