@@ -489,3 +489,29 @@ def test_prune_retrain_free_on_stacks(name):
     stacked_output(model, stacked_inputs(name))
     with pytest.raises(ValueError, match="mode='sequential'.*several layer stacks"):
         prune_retrain_free(make_stacked(name), batches, PruningConfig(flops_reduction=0.3), mode="sequential")
+
+
+def test_classes_with_one_stack_of_a_multi_stack_type_and_bf16_reload(tmp_path):
+    """T5EncoderModel (encoder only) and BartForCausalLM (decoder only) address their one stack with the same keys;
+    a bfloat16 T5 reloads with device_map and keeps bfloat16 in every layer's own position-bias table."""
+    from tiny_stacks import bart_config, t5_config
+
+    ids = stacked_inputs("t5")["input_ids"]
+    cases = [(tf.T5EncoderModel(t5_config()).eval(), {"heads": {"encoder.1": [0, 2]}, "neurons": {"encoder.0": [1]}},
+              "last_hidden_state"),
+             (tf.BartForCausalLM(bart_config()).eval(), {"heads": {"decoder.1": [0]}, "cross_heads": {"decoder.0": [1]}},
+              "logits")]
+    for i, (model, request, field) in enumerate(cases):
+        assert layer_stacks(model) == [next(iter(request["heads"])).split(".")[0]]
+        prune_model(model, **request)
+        save_pruned(model, tmp_path / str(i))
+        with torch.no_grad():
+            assert torch.equal(getattr(load_pruned(tmp_path / str(i))(input_ids=ids), field),
+                               getattr(model(input_ids=ids), field))
+    t5 = make_stacked("t5").to(torch.bfloat16)
+    prune_model(t5, heads={"encoder.1": [0], "decoder.1": [3]}, cross_heads={"decoder.0": [0]})
+    save_pruned(t5, tmp_path / "bf16")
+    again = load_pruned(tmp_path / "bf16", dtype=torch.bfloat16, device_map="cpu")
+    inputs = stacked_inputs("t5")
+    assert torch.equal(stacked_output(again, inputs), stacked_output(t5, inputs))
+    assert again.encoder.block[2].layer[0].SelfAttention.relative_attention_bias.weight.dtype == torch.bfloat16
