@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .layouts import PositionFlops, get_layers, get_layout, get_stacks
 from .shapes import layer_shapes
-from .stacks import stack_views
+from .stacks import FlatView, stack_views
 
 
 def count_parameters(model: nn.Module, layers_only: bool = False) -> int:
@@ -121,16 +121,34 @@ def stack_lengths(views: dict, seq_len) -> dict[str, int]:
     return lengths
 
 
+FlopsEntry = tuple[int, int, int, bool, int]  # one FlatView entry: (hidden, tokens, source tokens, cross, head_dim)
+
+
+def stack_flops_entries(flat, seq_len, shapes: list) -> tuple[FlopsEntry, ...]:
+    """What the FLOPs of each entry of a `FlatView` depend on besides its widths: its stack's hidden size and
+    tokens, the source stack's tokens for a cross-attention entry, the head size. `shapes`: `layer_shapes(flat)`."""
+    lengths = stack_lengths(flat.views, seq_len)
+    entries = []
+    for (stack, _, cross), shape in zip(flat.keys, shapes):
+        view = flat.views[stack]
+        tokens = lengths[stack]
+        entries.append((view.config.hidden_size, tokens, lengths.get(view.stack.source, tokens), cross, shape.head_dim))
+    return tuple(entries)
+
+
+def entry_flops(entry: FlopsEntry, heads: int, kv_heads: int, ffn: int, gated: bool) -> int:
+    """FLOPs of one FlatView entry at these widths: a layer, or a decoder layer's cross-attention (heads only)."""
+    hidden, tokens, source, cross, head_dim = entry
+    if cross:
+        return cross_attention_flops(hidden, heads, head_dim, tokens, source)
+    return layer_flops(hidden, heads, kv_heads, head_dim, ffn, tokens, gated)
+
+
 def _count_stack_flops(model: nn.Module, seq_len, batch_size: int) -> int:
-    views = stack_views(model)
     if batch_size <= 0:
         raise ValueError(f"seq_len and batch_size must be positive, got batch_size {batch_size}")
-    lengths = stack_lengths(views, seq_len)
-    total = 0
-    for name, view in views.items():
-        hidden, gated, T = view.config.hidden_size, view.hf_prune_layout.gated, lengths[name]
-        source = lengths.get(view.stack.source, T)
-        for s in layer_shapes(view):
-            total += layer_flops(hidden, s.heads, s.kv_heads, s.head_dim, s.ffn, T, gated)
-            total += cross_attention_flops(hidden, s.cross_heads, s.head_dim, T, source) if s.cross_heads else 0
-    return total * batch_size
+    flat = FlatView(model)
+    shapes = layer_shapes(flat)
+    gated = flat.hf_prune_layout.gated
+    entries = stack_flops_entries(flat, seq_len, shapes)
+    return batch_size * sum(entry_flops(e, s.heads, s.kv_heads, s.ffn, gated) for e, s in zip(entries, shapes))

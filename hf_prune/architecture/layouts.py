@@ -117,7 +117,7 @@ class Layout:
 
     def head_rows_in(self, layer: nn.Module) -> list[str]:
         """The `head_rows` projections this layer actually has (a config may leave some out)."""
-        return [path for path in self.head_rows if _has_submodule(layer, path)]
+        return [path for path in self.head_rows if find_submodule(layer, path) is not None]
 
     @property
     def qkv(self) -> str | None:
@@ -311,6 +311,21 @@ GLM = Layout(
     config_head_dim="head_dim",
 )
 
+def _deberta_position_flops(config) -> PositionFlops:
+    """DeBERTa-v2's relative-position work per head: 2 * span embedding rows; with share_att_key both query_proj
+    and key_proj project them, else pos_key_proj ("c2p") and/or pos_query_proj ("p2c"); one score per type."""
+    if not getattr(config, "relative_attention", False):
+        return PositionFlops()
+    types = [t for t in (getattr(config, "pos_att_type", None) or []) if t in ("c2p", "p2c")]
+    span = getattr(config, "position_buckets", -1)
+    if span is None or span <= 0:
+        span = getattr(config, "max_relative_positions", -1)
+        if span is None or span < 1:
+            span = config.max_position_embeddings
+    projections = 2 if getattr(config, "share_att_key", False) and types else len(types)
+    return PositionFlops(projections=projections, scores=len(types), rows=2 * span)
+
+
 DEBERTA_V2 = Layout(  # DeBERTa-v2 and -v3: BERT's block around disentangled (relative-position) attention
     family="deberta-v2",
     layers="encoder.layer",
@@ -329,23 +344,8 @@ DEBERTA_V2 = Layout(  # DeBERTa-v2 and -v3: BERT's block around disentangled (re
     # embeddings go through query_proj / key_proj instead. config_head_dim stays None: the attention refuses
     # hidden_size % num_attention_heads != 0, so pruned head counts can never be written as plain config keys
     head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
-    position_flops=lambda config: _deberta_position_flops(config),
+    position_flops=_deberta_position_flops,
 )
-
-
-def _deberta_position_flops(config) -> PositionFlops:
-    """DeBERTa-v2's relative-position work per head: 2 * span embedding rows; with share_att_key both query_proj
-    and key_proj project them, else pos_key_proj ("c2p") and/or pos_query_proj ("p2c"); one score per type."""
-    if not getattr(config, "relative_attention", False):
-        return PositionFlops()
-    types = [t for t in (getattr(config, "pos_att_type", None) or []) if t in ("c2p", "p2c")]
-    span = getattr(config, "position_buckets", -1)
-    if span is None or span <= 0:
-        span = getattr(config, "max_relative_positions", -1)
-        if span is None or span < 1:
-            span = config.max_position_embeddings
-    projections = 2 if getattr(config, "share_att_key", False) and types else len(types)
-    return PositionFlops(projections=projections, scores=len(types), rows=2 * span)
 
 MODERNBERT_DECODER = Layout(
     family="modernbert-decoder",
@@ -603,12 +603,15 @@ def get_layout(model_or_config) -> Layout:
     return LAYOUTS[model_type]
 
 
-def _has_submodule(root: nn.Module, path: str) -> bool:
+def find_submodule(root: nn.Module, path: str | None) -> nn.Module | None:
+    """The submodule at `path`, or None when `path` is None or `root` has no such module (a config may leave one
+    out: DeBERTa's pos_key_proj, T5's position-bias table outside layer 0)."""
+    if path is None:
+        return None
     try:
-        root.get_submodule(path)
+        return get_submodule(root, path)
     except AttributeError:
-        return False
-    return True
+        return None
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:

@@ -59,12 +59,12 @@ def layer_shapes(model: nn.Module) -> list[LayerShape] | dict[str, list[LayerSha
     CLIP) a dict {stack name: that stack's list}, decoder layers with their `cross_heads`."""
     from .stacks import StackView, stack_views
 
-    if not isinstance(model, StackView) and get_stacks(model) is not None:
+    if get_stacks(model) is not None:  # None for a StackView: it is one stack
         return {name: layer_shapes(view) for name, view in stack_views(model).items()}
     layout = get_layout(model)
-    shapes = [layer_shape(layer, layout) for layer in get_layers(model, layout)]
+    layers = get_layers(model, layout)
+    shapes = [layer_shape(layer, layout) for layer in layers]
     cross = model.stack.cross if isinstance(model, StackView) else None
     if cross is not None:
-        layers = get_layers(model, layout)
         shapes = [replace(s, cross_heads=layer_shape(layer, cross).heads) for s, layer in zip(shapes, layers)]
     return shapes

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch.nn as nn
 from torch.nn.utils import skip_init
 
-from .layouts import Layout, Stack, base_model, find_layers, get_layers, get_stacks, get_submodule
+from .layouts import Layout, Stack, base_model, find_layers, find_submodule, get_layers, get_stacks
 
 
 class StackView:
@@ -152,11 +152,8 @@ def _virtual_layer(layer: nn.Module, layout: Layout, cross: bool) -> nn.Module:
     if not cross:
         virtual.block = layer
     for name in ATTENTION_FIELDS + (() if cross else FFN_FIELDS) + ("head_bias",):
-        path = getattr(layout, name)
-        try:
-            virtual.__dict__[name] = get_submodule(layer, path) if path else None  # a plain reference, not a child:
-        except AttributeError:  # hooks land on the real module; a layer without a T5 bias table has no head_bias
-            pass
+        # a plain reference, not a child: hooks land on the real module (None: the layer has none, e.g. no T5 table)
+        virtual.__dict__[name] = find_submodule(layer, getattr(layout, name))
     if cross:
         o = virtual.__dict__["o"]
         hidden = o.weight.shape[0]
@@ -215,3 +212,9 @@ class FlatView:
         """The "<stack>.<layer>" key of flat entry `index` (a cross-attention entry gives its layer's key)."""
         stack, layer, _ = self.keys[index]
         return f"{stack}.{layer}"
+
+
+def mask_name(model, index: int) -> str | None:
+    """The batch key with the padding mask of layer `index`'s tokens: "attention_mask", or for an entry of a
+    FlatView its stack's own (a decoder's "decoder_attention_mask"; None for image patches)."""
+    return model.mask_name(index) if isinstance(model, FlatView) else "attention_mask"

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..architecture.gates import attach_gates
 from ..architecture.layouts import Layout, get_layers, get_submodule
 from ..architecture.shapes import LayerShape
+from ..architecture.stacks import mask_name
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch
 from .units import unit_columns, unit_rows, unit_sums
 
@@ -48,7 +49,7 @@ class ScoringRun:
     def mask_of(self, batch: dict, layer: int) -> torch.Tensor | None:
         """The padding mask of layer `layer`'s tokens: the batch's attention_mask, or on a model with several stacks
         that stack's own (a decoder's decoder_attention_mask; none for image patches)."""
-        name = self.model.mask_name(layer) if hasattr(self.model, "mask_name") else "attention_mask"
+        name = mask_name(self.model, layer)
         return batch.get(name) if name else None
 
     def iterate(self) -> Iterable[dict]:

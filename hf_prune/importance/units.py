@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..architecture.fused import rows_by_module, separate_rows
-from ..architecture.layouts import Layout, get_submodule
+from ..architecture.layouts import Layout, find_submodule, get_submodule
 from ..architecture.shapes import LayerShape, in_width, out_width
 from ..utils import as_out_in, materialized
 
@@ -75,18 +75,11 @@ def unit_sizes(layer: nn.Module, layout: Layout, shape: LayerShape) -> dict[str,
             size += group.rows.shape[1] * per_row
         if kind in cols:
             size += widths[kind] * out_width(get_submodule(layer, cols[kind]), layout.conv1d)
-        if kind == "heads" and layout.head_bias and _has_module(layer, layout.head_bias):
-            size += get_submodule(layer, layout.head_bias).weight.shape[0]  # its column of a per-head bias table (T5)
+        table = find_submodule(layer, layout.head_bias) if kind == "heads" else None
+        if table is not None:
+            size += table.weight.shape[0]  # its column of a per-head bias table (T5)
         sizes[kind] = size if count else 0
     return sizes
-
-
-def _has_module(layer: nn.Module, path: str) -> bool:
-    try:
-        get_submodule(layer, path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _row_sums(values: torch.Tensor, rows: torch.Tensor, conv1d: bool) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from ..architecture.counting import cross_attention_flops, layer_flops, stack_lengths
+from ..architecture.counting import FlopsEntry, entry_flops, layer_flops, stack_flops_entries
 from ..architecture.layouts import PositionFlops, get_layers, get_layout
 from ..architecture.shapes import layer_shape, layer_shapes
 from ..importance.units import unit_sizes
@@ -64,27 +64,16 @@ class StackFlopsCost(CostModel):
     """Layer FLOPs of the entries of a `FlatView` (several stacks): each entry has its stack's hidden size and
     tokens; a cross-attention entry costs `cross_attention_flops` over its source stack's tokens."""
 
-    entries: tuple[tuple[int, int, int, bool, int], ...]  # per entry: (hidden, tokens, source tokens, cross, head_dim)
+    entries: tuple[FlopsEntry, ...]  # per entry: (hidden, tokens, source tokens, cross, head_dim)
     gated: bool
 
     def layer(self, i: int, heads: int, kv_heads: int, ffn: int) -> int:
-        hidden, tokens, source, cross, head_dim = self.entries[i]
-        if cross:
-            return cross_attention_flops(hidden, heads, head_dim, tokens, source)
-        return layer_flops(hidden, heads, kv_heads, head_dim, ffn, tokens, self.gated)
+        return entry_flops(self.entries[i], heads, kv_heads, ffn, self.gated)
 
     @classmethod
     def from_view(cls, flat, seq_len) -> StackFlopsCost:
         """From a FlatView and `seq_len` (one length, {stack: length}, or None for every stack's default)."""
-        lengths = stack_lengths(flat.views, seq_len)
-        shapes = layer_shapes(flat)
-        entries = []
-        for (stack, _, cross), shape in zip(flat.keys, shapes):
-            view = flat.views[stack]
-            tokens = lengths[stack]
-            entries.append((view.config.hidden_size, tokens, lengths.get(view.stack.source, tokens), cross,
-                            shape.head_dim))
-        return cls(tuple(entries), flat.hf_prune_layout.gated)
+        return cls(stack_flops_entries(flat, seq_len, layer_shapes(flat)), flat.hf_prune_layout.gated)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..architecture.layouts import Layout, get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import layer_shape
-from ..architecture.stacks import FlatView
+from ..architecture.stacks import FlatView, mask_name
 from ..surgery.depth import validate_layer_request
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
 
@@ -67,11 +67,9 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
     down_moments = [None if s is None else torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
     current: dict = {}
 
-    mask_name = getattr(model, "mask_name", lambda i: "attention_mask")  # a FlatView: each stack's own mask
-
     def hook_for(store: list, i: int):
         def hook(module, args):
-            name = mask_name(i)
+            name = mask_name(model, i)  # a FlatView entry: its stack's own mask
             mask = current.get(name) if name else None
             if args[0].device == store[i].device:  # in place, as the layer-by-layer path accumulates
                 accumulate_moment(store[i], args[0], mask)

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..architecture.config_entry import write_config_entry
 from ..architecture.fused import kept_rows, separate_rows
-from ..architecture.layouts import Layout, get_layers, get_layout, get_stacks, get_submodule
+from ..architecture.layouts import Layout, find_submodule, get_layers, get_layout, get_stacks, get_submodule
 from ..architecture.shapes import LayerShape, in_width, layer_shape, layer_shapes
 from ..architecture.stacks import split_layers, split_request, stack_views
 from ..utils import materialized, offload_hook, offload_problem, read_offloaded, write_offloaded
@@ -191,7 +191,7 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
         slice_outputs(get_submodule(layer, path), head_columns(keep_heads, d), layout.conv1d, state)
     slice_inputs(get_submodule(layer, layout.o), head_columns(keep_heads, d), layout.conv1d, state)
 
-    table = _find(layer, layout.head_bias)
+    table = find_submodule(layer, layout.head_bias)
     if table is not None:  # one column per head (T5's relative position bias)
         _slice_tensor(table, "weight", 1, torch.as_tensor(keep_heads, dtype=torch.long), state)
         table.embedding_dim = len(keep_heads)
@@ -208,16 +208,6 @@ def _cut_heads(layer: nn.Module, layout: Layout, keep_heads: list[int], keep_kv:
         setattr(attention, layout.kv_groups_attr, n_heads // n_kv if n_kv else 1)
     if layout.attention_config_heads is not None:
         attention.config = with_layer_value(attention.config, layout.attention_config_heads, n_heads)
-
-
-def _find(layer: nn.Module, path: str | None) -> nn.Module | None:
-    """The submodule at `path`, or None when the path is None or this layer has no such module."""
-    if path is None:
-        return None
-    try:
-        return get_submodule(layer, path)
-    except AttributeError:
-        return None
 
 
 def _drop_argument(argument: str, module, args, kwargs):
@@ -237,12 +227,12 @@ def own_head_bias(layers: nn.ModuleList, layout: Layout) -> None:
     shared = layout.shared_bias
     if shared is None:
         return
-    first = _find(layers[0], layout.head_bias) if shared.flag else None
+    first = find_submodule(layers[0], layout.head_bias) if shared.flag else None
     for layer in layers:
         attention = get_submodule(layer, layout.attention)
         if getattr(attention, "_hf_prune_own_bias", False):
             continue
-        if first is not None and _find(layer, layout.head_bias) is None:
+        if first is not None and find_submodule(layer, layout.head_bias) is None:
             parent, _, name = layout.head_bias.rpartition(".")
             device = get_submodule(layer, layout.o).weight.device  # the layer's own device under a device_map
             table = nn.Embedding(first.num_embeddings, first.embedding_dim, device=device, dtype=first.weight.dtype)
