@@ -124,6 +124,22 @@ def test_greedy_generation_after_pruning_and_reload(name, tmp_path):
     assert torch.equal(tokens, again) and tokens.shape[1] >= 6
 
 
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_cross_attention_without_heads_leaves_the_self_attention_cache_alone(name):
+    """A decoder layer whose cross-attention lost every head (its self-attention keeps all) runs with a cache:
+    same logits as the dense model with those heads silenced, and greedy generation matches step by step."""
+    model = make_stacked(name)
+    request = {"cross_heads": {"decoder.1": [0, 1, 2, 3]}}
+    silence_request(model, request)
+    inputs = {**stacked_inputs(name), "use_cache": True}
+    expected = stacked_output(model, inputs)
+    dense_tokens = model.generate(inputs["input_ids"], max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    prune_model(model, **request)
+    torch.testing.assert_close(stacked_output(model, inputs), expected, atol=1e-5, rtol=1e-5)
+    tokens = model.generate(inputs["input_ids"], max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    assert torch.equal(tokens, dense_tokens)
+
+
 def test_t5_heads_keep_their_own_position_bias_columns():
     """Removing a T5 head that does contribute: each later layer must still use the bias of its own heads, so the
     result equals running the dense model with that head's output columns zeroed."""

@@ -6,7 +6,9 @@ steps: load (check every input, read the data, load the model) -> evaluate the d
 HeadPruningCallback while fine-tuning) -> evaluate
 again -> measure (FLOPs, CPU latency, optional int8 copy) -> write the model, tokenizer, pruning_report.json,
 heads_kept.png and a model card into a temporary folder, moved into `output_dir` only when complete ->
-print a before/after table -> optionally push to the Hub.
+print a before/after table -> optionally push to the Hub. Models with several layer stacks (BART, T5 sequence
+classifiers) are pruned retrain-free; the options not supported on them yet are refused up front
+(`check_model_type`).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def load(job: Job) -> None:
     job.data = load_task_data(args.task_name, args.train_file, args.validation_file, args.max_train_samples,
                               args.max_eval_samples)
     set_seed(job.training.seed)  # a new task head is initialised reproducibly
-    job.tokenizer, job.model = load_model(job.model_args, job.data, job.training.device)
+    job.tokenizer, job.model = load_model(job.model_args, job.data, job.training.device, job.config)
     if job.config.removes_layers:  # removing every layer -> ValueError, before any pass over the data
         from ..training.events import dense_layer_count
 
@@ -304,12 +306,40 @@ def write_outputs(job: Job, report: dict, outputs: Outputs) -> None:
         shutil.rmtree(outputs.work_dir, ignore_errors=True)
 
 
-def load_model(model_args, data, device):
-    """Tokenizer and sequence-classification model; pruned checkpoints through load_pruned."""
+STACKS_UNSUPPORTED = (  # (what the flag asks for, is it given) on a model with several layer stacks
+    ("fine-tuning with gradual pruning (the mode without --retrain_free)", lambda c: not c.retrain_free),
+    ("--uniform", lambda c: c.uniform),
+    ("--layer_sparsity / --num_layers_to_remove / --structure depth or joint", lambda c: c.removes_layers
+     or c.plans_layers),
+    ("--latency_reduction", lambda c: c.latency_reduction is not None),
+    ("--recovery_inputs sequential", lambda c: c.recovery_inputs == "sequential"),
+    ("--unstructured_sparsity", lambda c: bool(c.unstructured_sparsity)),
+)
+
+
+def check_model_type(model_config, pruning: PruningConfig | None) -> None:
+    """ValueError for a model type hf_prune cannot prune, and on a model with several layer stacks (T5, BART)
+    for the options the command line does not support on them yet, before any weights load."""
+    from ..architecture.layouts import get_layout, get_stacks
+
+    stacks = get_stacks(model_config)
+    if stacks is None:
+        get_layout(model_config)  # unsupported model -> ValueError naming its model_type
+        return
+    refused = [what for what, given in STACKS_UNSUPPORTED if pruning is not None and given(pruning)]
+    if refused:
+        names = ", ".join(stack.name for stack in stacks)
+        raise ValueError(f"{'; '.join(refused)}: not supported yet on model_type {model_config.model_type!r}, "
+                         f"which has several layer stacks ({names}); prune it retrain-free by head/FFN sparsity "
+                         f"or a FLOPs/parameter budget (--retrain_free --flops_reduction 0.3)")
+
+
+def load_model(model_args, data, device, pruning: PruningConfig | None = None):
+    """Tokenizer and sequence-classification model; pruned checkpoints through load_pruned. `pruning`: the run's
+    config, checked against the model type first (`check_model_type`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from ..architecture.config_entry import ENTRY_KEY
-    from ..architecture.layouts import get_layout
     from ..serialization.loading import load_pruned
 
     hub = {"revision": model_args.revision, "token": model_args.token}
@@ -318,7 +348,7 @@ def load_model(model_args, data, device):
         extra["id2label"] = {i: str(v) for i, v in enumerate(data.label_list)}
         extra["label2id"] = {str(v): i for i, v in enumerate(data.label_list)}
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub)
-    get_layout(config)  # unsupported model -> ValueError naming its model_type, before any weights load
+    check_model_type(config, pruning)
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoders (gpt2, llama) classify with padding
         tokenizer.pad_token = tokenizer.eos_token
@@ -350,13 +380,15 @@ def metrics_fn(data):
 
 
 def snapshot(model, seq_len: int) -> dict:
-    """Parameters, layer FLOPs at `seq_len`, layer count and per-layer structure of a model."""
+    """Parameters, layer FLOPs at `seq_len` (every stack's tokens, with several), layer count ({stack: count}
+    with several stacks) and per-layer structure of a model."""
     from ..architecture.counting import count_flops, count_parameters
-    from ..architecture.layouts import get_layers
-    from .report import structure
+    from .report import stack_parts, structure
 
+    struct = structure(model)
+    counts = {name: part["num_layers"] for name, part in stack_parts(struct).items()}
     return {"parameters": count_parameters(model), "flops": count_flops(model, seq_len),
-            "num_layers": len(get_layers(model)), "structure": structure(model)}
+            "num_layers": counts[None] if None in counts else counts, "structure": struct}
 
 
 def state_dict_bytes(model) -> int:

@@ -135,17 +135,24 @@ def hub_kwargs(model_args) -> dict:
 
 
 def load_config(model_args):
-    """The model's config; ValueError for a model type hf_prune cannot prune or that is no causal LM."""
+    """The model's config; ValueError for a model type hf_prune cannot prune, that is no causal LM or that has
+    several layer stacks (T5, BART: the command prunes one)."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from ..architecture.layouts import get_layout
+    from ..architecture.layouts import get_layout, get_stacks
 
     path = model_args.model_name_or_path
     if model_args.gguf_file is not None and Path(path).is_dir() and not (Path(path) / model_args.gguf_file).is_file():
         raise FileNotFoundError(f"--gguf_file {model_args.gguf_file} does not exist in {path}")
     extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
     config = AutoConfig.from_pretrained(path, **hub_kwargs(model_args), **extra)
+    stacks = get_stacks(config)
+    if stacks is not None:  # BART's BartForCausalLM is a causal LM, but the checkpoint holds every stack
+        raise ValueError(f"model_type {config.model_type!r} has several layer stacks "
+                         f"({', '.join(stack.name for stack in stacks)}): prune_lm prunes causal language models of one "
+                         f"layer stack; prune it with hf_prune.prune_retrain_free, or with prune_heads --retrain_free "
+                         f"for sequence classification")
     get_layout(config)  # unsupported model -> ValueError naming its model_type
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(f"model_type {config.model_type!r} is not a causal language model (AutoModelForCausalLM)")

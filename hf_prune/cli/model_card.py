@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..serialization.atomic import atomic_write_text
-from .report import layer_record, removed_layers, summary_table
+from .report import removed_layer_names, summary_table, total
 
 
 def base_model_id(model_name_or_path: str, explicit: str | None = None) -> str | None:
@@ -24,14 +24,15 @@ def base_model_id(model_name_or_path: str, explicit: str | None = None) -> str |
 
 def removed_summary(report: dict) -> str:
     """What was removed, from the shapes before and after: "50% heads, 50% FFN" (+ "30% weights zeroed"),
-    led by "1 of 12 layers" when whole layers were removed."""
+    led by "1 of 12 layers" when whole layers were removed (counted over every stack of a model with several)."""
     before, after = report["before"]["structure"], report["after"]["structure"]
-    depth = removed_layers(after)
-    parts = [f"{len(depth)} of {layer_record(after)[1]} layers"] if depth else []
-    for label, key in (("heads", "heads_per_layer"), ("FFN", "ffn_per_layer")):
-        total = sum(before[key])
-        if total and sum(after[key]) < total:
-            parts.append(f"{1 - sum(after[key]) / total:.0%} {label}")
+    depth, count = removed_layer_names(after)
+    parts = [f"{len(depth)} of {count} layers"] if depth else []
+    for label, key in (("heads", "heads_per_layer"), ("cross-attention heads", "cross_heads_per_layer"),
+                       ("FFN", "ffn_per_layer")):
+        dense = total(before, key)
+        if dense and total(after, key) < dense:
+            parts.append(f"{1 - total(after, key) / dense:.0%} {label}")
     zeroed = (report["after"].get("unstructured") or {}).get("sparsity")
     if zeroed:
         parts.append(f"{zeroed:.0%} weights zeroed")
@@ -59,10 +60,10 @@ def model_card_text(report: dict, repo_id: str | None = None, folder: str | Path
     source = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else \
         f"a local model (`{Path(str(report['model'])).name}`)"
     load_from = repo_id or str(folder or "path/to/this/folder")
-    depth = removed_layers(report["after"]["structure"])
+    depth, count = removed_layer_names(report["after"]["structure"])
     if depth:
-        layers = ", ".join(map(str, depth))
-        removed = (f"whole layers ({len(depth)} of {layer_record(report['after']['structure'])[1]}: "
+        layers = ", ".join(depth)
+        removed = (f"whole layers ({len(depth)} of {count}: "
                    f"original layer{'s' if len(depth) > 1 else ''} {layers}), attention heads\nand FFN neurons")
     else:
         removed = "attention heads\nand FFN neurons"

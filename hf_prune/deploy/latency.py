@@ -69,11 +69,25 @@ def _check_args(models: dict, batch_size, seq_len, repeats, warmup, num_threads)
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
 
 
+def _eos_token(models: dict[str, nn.Module]) -> int | None:
+    """The end-of-sequence id every encoder-decoder among `models` needs once per row (BART's and T5's
+    classification heads pool the hidden state at it); None when no model is an encoder-decoder."""
+    ids = {getattr(m.config, "eos_token_id", None) for m in models.values()
+           if getattr(getattr(m, "config", None), "is_encoder_decoder", False)}
+    eos = ids.pop() if len(ids) == 1 else None
+    return eos if isinstance(eos, int) else None
+
+
 def _shared_inputs(models: dict[str, nn.Module], batch_size: int, seq_len: int, seed: int) -> dict[str, dict]:
-    """The same random `input_ids` (below the smallest vocabulary) and all-ones mask, on each model's device."""
+    """The same random `input_ids` (below the smallest vocabulary) and all-ones mask, on each model's device;
+    for encoder-decoders each row ends with the one end-of-sequence token it has."""
     vocab = min(_vocab_size(m) for m in models.values())
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator)  # (B, T)
+    eos = _eos_token(models)
+    if eos is not None:
+        input_ids[input_ids == eos] = (eos + 1) % vocab
+        input_ids[:, -1] = eos
     inputs = {}
     for name, model in models.items():
         device = _device(model)

@@ -148,10 +148,11 @@ def _empty_attention_forward(
     """Forward of an attention block with no head left: its output is the output projection's bias, followed by
     `outputs - 1` Nones (attention weights; T5 also returns its position bias, which the next layer then computes)."""
     batch, seq = hidden_states.shape[:2]
-    cache = _find_cache(kwargs)
+    cross = kwargs.get("key_value_states") is not None  # a decoder's cross-attention (T5, BART): nothing to cache
+    cache = None if cross else _find_cache(kwargs)
     layer_idx = getattr(attention, "layer_idx", None)
     if cache is not None and layer_idx is not None and hasattr(cache, "update"):
-        # keep the cache's sequence length right: store zero heads for this layer
+        # keep the self-attention cache's sequence length right: store zero heads for this layer
         empty = hidden_states.new_zeros(batch, 0, seq, head_dim)  # (B, 0 heads, T, hs)
         cache.update(empty, empty, layer_idx)
     if output is None:  # the caller applies the output projection (BERT's attention.output.dense)
