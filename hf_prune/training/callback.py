@@ -10,6 +10,9 @@ A thin TrainerCallback over plain functions and helpers of this subpackage:
   widths are planned over the layers that remain;
 - single process: the model is compacted physically at each event, and the optimizer's state is sliced
   with it (same Parameter objects; a removed layer's state is dropped), so fine-tuning runs faster;
+- models with several layer stacks (T5, BART, CLIP): gates, scores, masks and plans are over the FlatView
+  (`units`: every stack's layers and each decoder layer's cross-attention heads, ranked together); the cuts
+  use "<stack>.<layer>" keys. Uniform plans, layer removal and unstructured sparsity are refused there;
 - DDP / FSDP / DeepSpeed fix parameter shapes when they wrap the model: there the callback keeps gates
   (masks; a gated layer passes its input through) and cuts once training ends;
 - event metrics reach the Trainer's loggers as `reporting` describes; the state travels in checkpoints
@@ -37,7 +40,6 @@ from ..importance.layers import LayerScores, compute_layer_importance
 from ..importance.scores import ImportanceScores
 from ..planning.plan import PruningPlan
 from ..surgery.depth import fixed_layers
-from ..surgery.width import prune_model
 from ..unstructured.magnitude import apply_masks, prune_unstructured, zero_masks
 from ..utils import distributed, is_main_process
 from .checkpoint import callback_state, config_changes, resize_to_checkpoint, saved_config, saved_state
@@ -48,6 +50,7 @@ from .optimizers import inner_optimizer, loss_scale, unscale_parameter_gradients
 from .reporting import EventLog
 from .running_scores import RunningScores, gate_terms, legacy_state, taylor_terms
 from .schedule import Schedule, schedule_fraction
+from .units import check_stack_options, prune_units, unit_view
 
 __all__ = ["HeadPruningCallback", "resize_to_checkpoint", "schedule_fraction"]
 
@@ -172,7 +175,8 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         return self.schedule.steps()
 
     def _check(self, args, model) -> None:
-        get_layout(model)  # unsupported model -> ValueError naming its model_type
+        check_stack_options(self.config, model)  # several stacks: the options not supported there yet
+        get_layout(unit_view(model))  # unsupported model -> ValueError naming its model_type
         self.schedule.check_fits(getattr(args, "max_steps", -1))
         if self.config.removes_layers:
             self.config.layers_to_remove(dense_layer_count(model))  # removing every layer -> ValueError
@@ -194,11 +198,12 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         self._restore(state)
         self.schedule.check_fits(state.max_steps)
         self._compacting = compacting(self.config.compact, args, optimizer)
-        if self.seq_len is None:
+        units = unit_view(model)
+        if self.seq_len is None and units is model:  # several stacks: None counts each at its own default
             self.seq_len = default_seq_len(model.config)
         if self.dense is None:
-            self.dense = dense_totals(model, self.seq_len)
-        self.dense.setdefault("layers", dense_layer_count(model))  # checkpoints written before layer removal
+            self.dense = dense_totals(units, self.seq_len)
+        self.dense.setdefault("layers", dense_layer_count(units))  # checkpoints written before layer removal
         self._weight_masks = None  # resumed runs rebuild them from the weights' zeros at the first step
         if not self.config.structured:
             return
@@ -206,7 +211,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             self.masks.cut(model, inner_optimizer(optimizer))
             self.masks = None
         if not self._compacting and self.masks is None:
-            self.masks = GateMasks.all_kept(model)
+            self.masks = GateMasks.all_kept(units)
         self._attach(model)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
@@ -249,11 +254,12 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
 
     def _attach(self, model) -> None:
         self._detach()
+        units = unit_view(model)
         self._stack = ExitStack()
-        self._gates = self._stack.enter_context(attach_gates(model, requires_grad=True))
+        self._gates = self._stack.enter_context(attach_gates(units, requires_grad=True))
         if self.masks is not None:
             self.masks.load_into(self._gates)
-            self._stack.enter_context(attach_layer_gates(model, self.masks))
+            self._stack.enter_context(attach_layer_gates(units, self.masks))
         if self._saved_scores is not None:
             self.running.load(self._saved_scores, self._gates)
             self._saved_scores = None
@@ -269,7 +275,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         """Add this step's training-gradient importance to the running scores (no extra passes, no host sync)."""
         if self.config.importance == "taylor":
             unscale_parameter_gradients(optimizer)
-            heads, neurons = taylor_terms(model)
+            heads, neurons = taylor_terms(unit_view(model))
         else:
             heads, neurons = gate_terms(self._gates, self.config.importance, loss_scale(optimizer))
         self.running.add(heads, neurons)
@@ -283,7 +289,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
                 if self.config.importance == "taylor":
                     heads, neurons = [h.abs() for h in heads], [n.abs() for n in neurons]
                 return ImportanceScores(heads=[h.float() for h in heads], neurons=[n.float() for n in neurons],
-                                        kv_heads=[s.kv_heads for s in layer_shapes(model)],
+                                        kv_heads=[s.kv_heads for s in layer_shapes(unit_view(model))],
                                         method=self.config.importance)
         return self._computed_scores(model)
 
@@ -295,10 +301,11 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             logger.warning("hf_prune: no %s scores available at this event; using l2 weight norms",
                            self.config.importance)
         self._detach()
+        units = unit_view(model)
         with ExitStack() as stack:
             if self.masks is not None:  # gated layers stay silent while the widths are scored
-                stack.enter_context(attach_layer_gates(model, self.masks))
-            scores = compute_importance(model, data, method=method, label_free=self.config.label_free,
+                stack.enter_context(attach_layer_gates(units, self.masks))
+            scores = compute_importance(units, data, method=method, label_free=self.config.label_free,
                                         max_batches=self.config.calibration_batches, seed=self.seed)
         self._attach(model)
         return scores
@@ -312,8 +319,10 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ events
 
     def _plan(self, model, fraction: float) -> PruningPlan:
-        """This event's plan: the layers it removes (current indices), and the widths of the layers that remain."""
-        n = len(layer_shapes(model))
+        """This event's plan: the layers it removes (current indices), and the widths of the layers that remain
+        (over `unit_view(model)`: on several stacks, FlatView entries)."""
+        units = unit_view(model)
+        n = len(layer_shapes(units))
         alive = self.masks.alive() if self.masks is not None else list(range(n))
         drop = []
         due = layers_due(self.config, dense_layers=self.dense["layers"], alive=len(alive), fraction=fraction) \
@@ -324,7 +333,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
         if not self.config.prunes_widths:
             return PruningPlan(layers=drop)
         keep = [i for i in alive if i not in drop]
-        widths = plan_event(self._scores(model), model, self.config, dense=self.dense, fraction=fraction,
+        widths = plan_event(self._scores(model), units, self.config, dense=self.dense, fraction=fraction,
                             seq_len=self.seq_len, masks=self.masks, keep=keep)
         return PruningPlan(widths.heads, widths.neurons, widths.metadata, layers=drop)
 
@@ -334,8 +343,7 @@ class HeadPruningCallback(TrainerCallback, ExportableState):
             plan = self._plan(model, fraction)
             if self._compacting:
                 self._detach()
-                prune_model(model, heads=plan.heads, neurons=plan.neurons, layers=plan.layers,
-                            optimizer=inner_optimizer(optimizer))
+                prune_units(model, plan, optimizer=inner_optimizer(optimizer))
             else:
                 self.masks.remove(plan)
             self.running = RunningScores()  # the next event ranks on fresh scores

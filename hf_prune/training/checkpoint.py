@@ -14,9 +14,10 @@ import dataclasses
 from torch import nn
 
 from ..architecture.config_entry import layer_history, read_config_entry, write_config_entry
-from ..architecture.layouts import get_layers
+from ..architecture.layouts import get_layers, get_stacks
+from ..architecture.stacks import stack_views
 from ..surgery.depth import drop_layers
-from ..surgery.width import resize_to_shapes
+from ..surgery.width import resize_to_entry, resize_to_shapes
 from .config import PruningConfig, config_from_keywords
 
 
@@ -53,12 +54,15 @@ def resize_to_checkpoint(model: nn.Module, checkpoint_dir) -> nn.Module:
     Call it before `trainer.train(resume_from_checkpoint=checkpoint_dir)` when the checkpoint was written
     after a compaction (the dense weights would not fit otherwise). Layers the checkpoint no longer has are
     dropped first (matched by their original indices, `config.hf_prune.layers`), then the widths are cut.
-    The kept units' values do not matter: the Trainer overwrites them from the checkpoint.
+    The kept units' values do not matter: the Trainer overwrites them from the checkpoint. Models with several
+    layer stacks are resized stack by stack (their layers must be the checkpoint's).
     """
     from transformers import AutoConfig
 
     entry = read_config_entry(AutoConfig.from_pretrained(checkpoint_dir))
-    if entry is not None:
+    if entry is not None and get_stacks(model) is not None:
+        _resize_stacks(model, entry, checkpoint_dir)
+    elif entry is not None:
         current, _ = layer_history(model.config, len(get_layers(model)))
         missing = sorted(set(entry["layers"]) - set(current))
         if missing:
@@ -70,3 +74,15 @@ def resize_to_checkpoint(model: nn.Module, checkpoint_dir) -> nn.Module:
         if "kept_heads" in entry:
             written["kept_heads"] = entry["kept_heads"]
     return model
+
+
+def _resize_stacks(model: nn.Module, entry: dict, checkpoint_dir) -> None:
+    """`resize_to_checkpoint` on a model with several layer stacks (the callback removes no layers there)."""
+    for name, view in stack_views(model).items():
+        fields = entry["stacks"].get(name)
+        current, _ = layer_history(view, len(get_layers(view)))
+        if fields is not None and fields["layers"] != current:
+            raise ValueError(f"the checkpoint {checkpoint_dir} has layers {fields['layers']} in stack {name!r}, this "
+                             f"model {current}: start from the model the run began with")
+    resize_to_entry(model, entry)
+    write_config_entry(model)

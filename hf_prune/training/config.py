@@ -255,6 +255,16 @@ class PruningConfig(JsonFile):
         """Can the callback accumulate the scores from the training steps' own gradients?"""
         return self.importance in GRADIENT_METHODS
 
+    def stack_conflicts(self) -> list[str]:
+        """The options set that the callback does not support on models with several layer stacks yet."""
+        return [name for name, given in (
+            ("uniform=True", self.uniform),
+            ("layer removal (layer_sparsity / num_layers_to_remove, scored by layer_importance)", self.removes_layers),
+            ("latency_reduction", self.latency_reduction is not None),
+            (f"structure={self.structure!r}", self.plans_layers),
+            ("unstructured_sparsity", bool(self.unstructured_sparsity)),
+        ) if given]
+
     def plan_constraints(self) -> dict:
         """The keyword arguments the `plan_from_*` planners take for this config's constraints."""
         return {"min_heads": self.min_heads_per_layer, "min_neurons": self.min_neurons_per_layer,

@@ -6,6 +6,10 @@ totals. Whole layers: at an event reaching fraction f of the schedule, round(f *
 layers are gone, the lowest-scoring ones first. Width targets (head/FFN sparsity, FLOPs reduction) apply to
 the layers that remain: they are planned over those layers only, so a layer being removed is never part of
 a width plan.
+
+On a model with several layer stacks (T5, BART, CLIP) these functions take its FlatView (`unit_view`): every
+stack's layers and each decoder layer's cross-attention entry are planned together, at their stacks' dense
+widths; the callback does not remove whole layers there.
 """
 
 from __future__ import annotations
@@ -17,27 +21,34 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from ..architecture.config_entry import ENTRY_KEY, dense_widths, layer_history
+from ..architecture.config_entry import ENTRY_KEY, current_entry, dense_widths, layer_history
 from ..architecture.counting import count_flops, count_parameters, layer_flops, position_flops
 from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
+from ..architecture.stacks import FlatView
 from ..importance.layers import LayerScores
 from ..importance.scores import ImportanceScores
 from ..planning.budgets import plan_from_flops, plan_from_params, plan_from_sparsity
-from ..planning.costs import ParamsCost
+from ..planning.costs import ParamsCost, StackFlopsCost
 from ..planning.plan import PruningPlan
 from ..unstructured.magnitude import sparsity_report
 from .config import PruningConfig
 from .gating import GateMasks
+from .units import unit_view
 
 
 def dense_layer_count(model: nn.Module) -> int:
-    """The dense model's layer count (`config.hf_prune.base.num_layers` after depth pruning, else the current one)."""
+    """The dense model's layer count (`config.hf_prune.base.num_layers` after depth pruning, else the current one);
+    of a FlatView, its entries."""
+    if isinstance(model, FlatView):
+        return len(model.keys)
     return layer_history(model.config, len(get_layers(model)))[1]
 
 
-def dense_totals(model: nn.Module, seq_len: int) -> dict:
+def dense_totals(model: nn.Module, seq_len: int | None) -> dict:
     """{"layers", "heads", "ffn": totals over layers, "flops": layer FLOPs at `seq_len`} of the dense model."""
+    if isinstance(model, FlatView):
+        return _dense_flat_totals(model, seq_len)
     entry = getattr(model.config, ENTRY_KEY, None)
     base = entry["base"] if isinstance(entry, dict) else dense_widths(model.config)
     shapes = layer_shapes(model)
@@ -55,6 +66,32 @@ def dense_layer_params(model: nn.Module, base: dict) -> int:
     widest = max(range(len(shapes)), key=lambda i: (shapes[i].heads > 0 and shapes[i].ffn > 0,
                                                     shapes[i].heads + shapes[i].ffn))
     return cost.layer(widest, base["heads"], base["kv_heads"], base["ffn"])
+
+
+def _stack_dense_widths(view, cross: bool) -> tuple[int, int, int]:
+    """(heads, kv heads, FFN neurons) of one stack's dense layers (or of their cross-attention), from the config
+    entry's `base` when the model was pruned before, else from the stack's config."""
+    fields = current_entry(view)
+    base = fields.get("base") if isinstance(fields, dict) else None
+    if cross:
+        heads = (base or {}).get("cross_heads") or dense_widths(view.config, view.stack.cross)["heads"]
+        return heads, heads, 0
+    widths = base or dense_widths(view.config, view.hf_prune_layout)
+    return widths["heads"], widths["kv_heads"], widths["ffn"]
+
+
+def _dense_flat_totals(flat: FlatView, seq_len: int | None) -> dict:
+    """`dense_totals` over a FlatView's entries (several stacks, cross-attention included): every present layer at
+    its stack's dense widths; FLOPs at each stack's own width and tokens (`seq_len` None: each stack's default)."""
+    flops, params = StackFlopsCost.from_view(flat, seq_len), ParamsCost.from_model(flat)
+    totals = {"layers": len(flat.keys), "heads": 0, "ffn": 0, "flops": 0, "layer_params": 0}
+    for i, (stack, _, cross) in enumerate(flat.keys):
+        heads, kv, ffn = _stack_dense_widths(flat.views[stack], cross)
+        totals["heads"] += heads
+        totals["ffn"] += ffn
+        totals["flops"] += flops.layer(i, heads, kv, ffn)
+        totals["layer_params"] += params.layer(i, heads, kv, ffn)
+    return totals
 
 
 def layers_due(config: PruningConfig, *, dense_layers: int, alive: int, fraction: float) -> int:
@@ -142,17 +179,20 @@ def plan_event(scores: ImportanceScores, model: nn.Module, config: PruningConfig
                        plan.metadata)
 
 
-def event_record(model: nn.Module, *, event: int, step: int, seq_len: int, masks: GateMasks | None,
+def event_record(model: nn.Module, *, event: int, step: int, seq_len: int | None, masks: GateMasks | None,
                  weight_sparsity: bool) -> dict:
     """What an event logs: kept layers, heads and FFN neurons and layer FLOPs (gated units and layers counted as
-    cut), parameters."""
+    cut), parameters. On several stacks: layers of every stack, heads with the cross-attention heads."""
+    units = unit_view(model)
     if masks is not None:
         kept_heads, kept_ffn = masks.kept()
-        flops, layers = masks.flops(model, seq_len), len(masks.alive())
+        flops, layers = masks.flops(units, seq_len), len(masks.alive())
     else:
-        shapes = layer_shapes(model)
+        shapes = layer_shapes(units)
         kept_heads, kept_ffn = sum(s.heads for s in shapes), sum(s.ffn for s in shapes)
         flops, layers = count_flops(model, seq_len), len(shapes)
+    if units is not model:  # FlatView: count layers, not their cross-attention entries
+        layers = sum(not key.cross for key in units.keys)
     record = {"step": step, "hf_prune/event": event, "hf_prune/layers": layers, "hf_prune/heads": kept_heads,
               "hf_prune/ffn_neurons": kept_ffn, "hf_prune/flops": flops,
               "hf_prune/parameters": count_parameters(model)}

@@ -17,18 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..architecture.counting import layer_flops, position_flops
+from ..architecture.counting import position_flops
 from ..architecture.gates import Gates
 from ..architecture.layouts import get_layers, get_layout
 from ..architecture.shapes import layer_shapes
+from ..architecture.stacks import FlatView
 from ..importance.layers import hidden_input, hidden_output, layer_hooks, with_hidden_output
+from ..planning.costs import FlopsCost, StackFlopsCost
 from ..planning.plan import PruningPlan
-from ..surgery.width import prune_model
+from .units import prune_units
 
 
 @dataclass
 class GateMasks:
-    """1 = kept, 0 = gated off: one list per layer for heads and for FFN neurons, one flag per whole layer."""
+    """1 = kept, 0 = gated off: one list per layer for heads and for FFN neurons, one flag per whole layer (the
+    layers of `unit_view(model)`: on a model with several stacks, its FlatView entries)."""
 
     heads: list[list[int]]
     neurons: list[list[int]]
@@ -77,16 +80,21 @@ class GateMasks:
         for gate, mask in zip(gates.heads + gates.neurons, self.heads + self.neurons):
             gate.copy_(torch.tensor(mask, dtype=gate.dtype))
 
-    def flops(self, model: nn.Module, seq_len: int) -> int:
-        """Layer FLOPs at `seq_len` of the model once the gated units are cut."""
-        hidden, gated, position = model.config.hidden_size, get_layout(model).gated, position_flops(model)
+    def flops(self, model: nn.Module, seq_len: int | None) -> int:
+        """Layer FLOPs at `seq_len` of the model (or FlatView) once the gated units are cut."""
+        shapes = layer_shapes(model)
+        if isinstance(model, FlatView):  # each entry at its stack's width and tokens (None: every stack's default)
+            cost = StackFlopsCost.from_view(model, seq_len)
+        else:
+            cost = FlopsCost(model.config.hidden_size, get_layout(model).gated, seq_len,
+                             tuple(s.head_dim for s in shapes), position_flops(model))
         total = 0
-        for s, head_mask, neuron_mask, alive in zip(layer_shapes(model), self.heads, self.neurons, self.layers):
+        for i, (s, head_mask, neuron_mask, alive) in enumerate(zip(shapes, self.heads, self.neurons, self.layers)):
             if not alive:
                 continue
             kept = sum(head_mask)
             kv = kept if s.kv_heads == s.heads else (s.kv_heads * kept // s.heads if s.heads else 0)
-            total += layer_flops(hidden, kept, kv, s.head_dim, sum(neuron_mask), seq_len, gated, position)
+            total += cost.layer(i, kept, kv, sum(neuron_mask))
         return total
 
     def cut(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -95,7 +103,7 @@ class GateMasks:
         removed, dead = self.removed(), set(self.dead())
         heads = {i: h for i, h in removed.heads.items() if i not in dead}
         neurons = {i: n for i, n in removed.neurons.items() if i not in dead}
-        prune_model(model, heads=heads, neurons=neurons, layers=sorted(dead), optimizer=optimizer)
+        prune_units(model, PruningPlan(heads, neurons, layers=sorted(dead)), optimizer=optimizer)
 
 
 @contextmanager
