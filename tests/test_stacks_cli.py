@@ -121,8 +121,33 @@ def test_retrain_free_end_to_end(name, budget, classifiers, sentences, tmp_path,
         assert torch.equal(model.eval()(**inputs).logits, expected)
 
 
+def test_fine_tuning_with_gradual_pruning(classifiers, sentences, tmp_path):
+    """The fine-tuning mode (HeadPruningCallback) on BART: the exact budget over every stack's heads (self and
+    cross-attention) and FFN neurons, physically removed; the report's shapes are the reloaded model's."""
+    out = tmp_path / "out"
+    args = cli_args(classifiers["bart"], sentences, out, "--head_sparsity", "0.5", "--ffn_sparsity", "0.25",
+                    "--pruning_start_step", "2", "--pruning_end_step", "4", "--pruning_events", "2")
+    assert main(args) == 0
+    dense = layer_shapes(tf.AutoModelForSequenceClassification.from_pretrained(classifiers["bart"]))
+    model = load_pruned(out)
+    shapes = layer_shapes(model)
+
+    def heads(all_shapes):
+        return sum(s.heads + s.cross_heads for stack in all_shapes.values() for s in stack)
+
+    def ffn(all_shapes):
+        return sum(s.ffn for stack in all_shapes.values() for s in stack)
+
+    assert heads(shapes) == heads(dense) - int(0.5 * heads(dense) + 0.5)
+    assert ffn(shapes) == ffn(dense) - int(0.25 * ffn(dense) + 0.5)
+    after = json.loads((out / "pruning_report.json").read_text())["after"]
+    assert after["flops"] == count_flops(model, SEQ)
+    for stack, stack_shapes in shapes.items():
+        assert after["structure"]["stacks"][stack]["heads_per_layer"] == [s.heads for s in stack_shapes]
+    assert_png(out / "heads_kept.png")
+
+
 @pytest.mark.parametrize("extra, refused", [
-    (["--head_sparsity", "0.5"], "fine-tuning with gradual pruning"),
     (["--retrain_free", "--flops_reduction", "0.3", "--uniform"], "--uniform"),
     (["--retrain_free", "--flops_reduction", "0.3", "--structure", "joint"], "--structure depth or joint"),
     (["--retrain_free", "--head_sparsity", "0.3", "--num_layers_to_remove", "1"], "--num_layers_to_remove"),

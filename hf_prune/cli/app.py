@@ -7,8 +7,8 @@ HeadPruningCallback while fine-tuning) -> evaluate
 again -> measure (FLOPs, CPU latency, optional int8 copy) -> write the model, tokenizer, pruning_report.json,
 heads_kept.png and a model card into a temporary folder, moved into `output_dir` only when complete ->
 print a before/after table -> optionally push to the Hub. Models with several layer stacks (BART, T5 sequence
-classifiers) are pruned retrain-free; the options not supported on them yet are refused up front
-(`check_model_type`).
+classifiers) are pruned retrain-free or while fine-tuning; the options not supported on them yet are refused up
+front (`check_model_type`).
 """
 
 from __future__ import annotations
@@ -231,10 +231,14 @@ def prune_while_fine_tuning(job: Job, dense) -> dict:
 
 
 def removed_original_layers(dense, pruned) -> list[int]:
-    """Original indices of the layers `dense` had and `pruned` no longer has."""
+    """Original indices of the layers `dense` had and `pruned` no longer has ([] with several layer stacks, where
+    the command line refuses layer removal)."""
     from ..architecture.config_entry import layer_history
     from ..architecture.layouts import get_layers
+    from ..architecture.stacks import model_stacks
 
+    if model_stacks(dense) is not None:
+        return []
     before, _ = layer_history(dense.config, len(get_layers(dense)))
     after, _ = layer_history(pruned.config, len(get_layers(pruned)))
     return sorted(set(before) - set(after))
@@ -307,7 +311,6 @@ def write_outputs(job: Job, report: dict, outputs: Outputs) -> None:
 
 
 STACKS_UNSUPPORTED = (  # (what the flag asks for, is it given) on a model with several layer stacks
-    ("fine-tuning with gradual pruning (the mode without --retrain_free)", lambda c: not c.retrain_free),
     ("--uniform", lambda c: c.uniform),
     ("--layer_sparsity / --num_layers_to_remove / --structure depth or joint", lambda c: c.removes_layers
      or c.plans_layers),
