@@ -155,6 +155,30 @@ def test_t5_heads_keep_their_own_position_bias_columns():
     assert torch.equal(tables[1], dense_table) and torch.equal(tables[2], dense_table[:, [1, 2]])
 
 
+def test_prune_model_gives_the_optimizer_the_position_bias_copies_it_creates():
+    """Cutting T5 heads gives later layers their own position-bias tables: prune_model(optimizer=...) adds each to
+    the group of its counterpart, so they train, and Adam's state of every other parameter is sliced with it."""
+    model = make_stacked("t5")
+    model.train()
+    decay = [p for n, p in model.named_parameters() if "relative_attention_bias" not in n]
+    bias = [p for n, p in model.named_parameters() if "relative_attention_bias" in n]
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": bias, "weight_decay": 0.0}], lr=1e-3)
+    inputs = stacked_inputs("t5")
+    model(**inputs, labels=inputs["decoder_input_ids"]).loss.backward()
+    optimizer.step()
+    prune_model(model, heads={"encoder.1": [0], "decoder.1": [1]}, optimizer=optimizer)
+    owned = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert all(id(p) in owned for p in named.values())  # every parameter trains, the new tables included
+    new_tables = [n for n in named if "relative_attention_bias" in n and ".block.1." in n]
+    assert len(new_tables) == 2 and all(owned[id(named[n])] == 1 for n in new_tables)  # no weight decay, as layer 0
+    optimizer.zero_grad()
+    model(**inputs, labels=inputs["decoder_input_ids"]).loss.backward()
+    before = {n: p.detach().clone() for n, p in named.items()}
+    optimizer.step()  # shapes of the sliced Adam state match; the new tables move
+    assert all(not torch.equal(before[n], named[n]) for n in new_tables)
+
+
 def test_uniform_ffn_writes_plain_keys_only_where_every_stack_agrees(tmp_path):
     bart = make_stacked("bart")
     prune_model(bart, neurons={f"decoder.{i}": [0, 1] for i in range(2)})

@@ -28,6 +28,7 @@ from ..architecture.stacks import split_layers, split_request, stack_views
 from ..utils import materialized, offload_hook, offload_problem, read_offloaded, write_offloaded
 from .depth import as_layer_index, check_removable, drop_layers, validate_layer_request
 from .layer_config import with_layer_value
+from .new_parameters import adopt_new_parameters
 
 # ----------------------------------------------------------------------------- weight slicing
 
@@ -368,12 +369,15 @@ def _prune_stacks(model: nn.Module, heads, neurons, cross_heads, layers, optimiz
             raise ValueError(f"stack {name!r}: {err}") from None
         plans[name] = (cuts, cross_cuts, remove)
     state = optimizer.state if optimizer is not None else None
+    known = list(model.parameters())  # held, so no new parameter can reuse one of their ids
     for name, (cuts, cross_cuts, _) in plans.items():
         stack_layers = get_layers(views[name])
         _apply_cuts(stack_layers, views[name].hf_prune_layout, cuts, state)
         if cross_cuts:
             _apply_cuts(stack_layers, views[name].stack.cross, cross_cuts, state, ffn=False)
     write_config_entry(model)
+    if optimizer is not None:  # T5: the layers that lost heads now own a copy of the position-bias table
+        adopt_new_parameters(optimizer, model, {id(p) for p in known})
     for name, (_, _, remove) in plans.items():
         if remove:
             drop_layers(views[name], remove, optimizer=optimizer)

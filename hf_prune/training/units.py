@@ -14,7 +14,6 @@ from ..architecture.stacks import FlatView, layer_stacks
 from ..planning.plan import PruningPlan
 from ..surgery.width import prune_model
 from .config import PruningConfig
-from .optimizers import adopt_new_parameters
 
 
 def unit_view(model: nn.Module):
@@ -25,14 +24,11 @@ def unit_view(model: nn.Module):
 
 def prune_units(model: nn.Module, plan: PruningPlan, optimizer=None) -> None:
     """`prune_model` with a plan over `unit_view(model)`'s layers, slicing `optimizer`'s state with them; parameters
-    the cut creates (T5's per-layer position-bias tables) join the optimizer."""
-    known = list(model.parameters()) if optimizer is not None else []  # held: no new parameter reuses their ids
+    the cut creates (T5's per-layer position-bias tables) join the optimizer (`prune_model` does it)."""
     if get_stacks(model) is not None:
         plan = PruningPlan.from_flat(plan, FlatView(model).keys)
     prune_model(model, heads=plan.heads, neurons=plan.neurons, layers=plan.layers, optimizer=optimizer,
                 cross_heads=plan.cross_heads or None)
-    if optimizer is not None:
-        adopt_new_parameters(optimizer, model, {id(p) for p in known})
 
 
 def check_stack_options(config: PruningConfig, model: nn.Module) -> None:
