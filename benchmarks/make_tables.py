@@ -524,6 +524,57 @@ def reselect() -> str:
                      "speedup (CPU)", "same units"], body))
 
 
+def recovery() -> str:
+    """benchmarks/results/recovery.json (benchmarks/peers/run_recovery.sh): 100 recovery steps after pruning,
+    hf_prune and the peers, 5 calibration slices, mean ± standard error."""
+    rows = load("recovery.json")["rows"]
+    start = {r["method"]: r for r in rows if r["mode"] == "retrain-free"}
+    dense = rows[0]["dense_metric"]
+    recipe_names = {"recovery-100-steps": "peers' (lr 1e-4 constant)",
+                    "recovery-100-steps-distill": "**warmup + decay + distillation**"}
+    order = list(recipe_names)
+
+    def acc(r):
+        return f"{r['metric']:.4f} ± {r['metric_se']:.4f}"
+
+    body = []
+    recovered = [r for r in rows if r["mode"] in recipe_names]
+    for r in sorted(recovered, key=lambda r: (order.index(r["mode"]), -r["metric"])):
+        s = start[r["method"]]
+        body.append([r["method"], recipe_names[r["mode"]], acc(s), acc(r), f"{100 * (r['metric'] - s['metric']):+.1f}",
+                     f"{r['dense_metric_after_same_recovery']:.4f}",
+                     f"{statistics.mean(r['train_first_loss_runs']):.3f}", f"{statistics.mean(r['train_last10_loss_runs']):.3f}"])
+    methods = {r["method"] for r in rows}
+    default = "hf_prune-fisher+weights+reselect"  # hf_prune's default retrain-free method (the command lines')
+    ours = default if default in methods else "hf_prune-fisher+weights"
+    other = [m for m in ("hf_prune-fisher+weights", default) if m in methods and m != ours]
+    peers = [r for r in rows if r["mode"] == "recovery-100-steps" and not r["method"].startswith("hf_prune")]
+    best = max(peers, key=lambda r: r["metric"])
+    floor = dense - 0.005
+
+    def measured(mode, against):
+        row = find(rows, method=ours, mode=mode)
+        also = "".join(f" ({m}: {acc(find(rows, method=m, mode=mode))})" for m in other)
+        return row, f"{ours} {acc(row)}{also}; {against}"
+
+    def verdict(ok):
+        return "**PASS**" if ok else "**MISS**"
+
+    peers_row, peers_text = measured("recovery-100-steps", f"best peer {best['method']} {acc(best)}")
+    ours_row, ours_text = measured("recovery-100-steps-distill", f"target {floor:.4f} (dense {dense:.4f})")
+    targets = [
+        ["the peers' recipe: hf_prune at or above the best peer", peers_text, verdict(peers_row["metric"] >= best["metric"])],
+        ["hf_prune's recipe (distillation): at or above dense − 0.5 points", ours_text,
+         verdict(ours_row["metric"] >= floor)],
+    ]
+    head = (f"Dense accuracy {dense:.4f}; {peers_row['runs']} calibration slices; 50% of heads and 50% of FFN neurons "
+            "in every layer; every run fine-tunes for 100 steps of batch 32 from its pruned model "
+            "(accuracy: mean ± standard error over the slices).")
+    return (head + "\n\n" + table(["method", "recovery recipe", "before recovery", "after recovery", "points",
+                                     "dense after the same recipe", "first-step loss", "last-10-steps loss"], body)
+            + "\n\n" + table(["target (issue 18 §2)", "measured", ""], targets))
+
+
 def streaming() -> str:
     """benchmarks/results/streaming.json (bench_streaming.py): one-pass vs layer-by-layer recovery on SmolLM2."""
     d = load("streaming.json")
@@ -757,6 +808,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "reselect": reselect,
     "large-layer": large_layer,
     "streaming": streaming,
+    "recovery": recovery,
     "onnx": onnx_table,
     "supported-model-types": supported_types,
 }
@@ -765,7 +817,7 @@ FILES: dict[Path, tuple[str, ...]] = {
     RESULTS_MD: ("speed", "importance-overhead", "lottery", "quantize", "demo", "accuracy-retrain-free",
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
                  "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
-                 "onnx", "uniform", "prune-time", "reselect", "large-layer", "streaming"),
+                 "onnx", "uniform", "prune-time", "reselect", "large-layer", "streaming", "recovery"),
     README_MD: ("supported-model-types", "results-at-a-glance"),
 }
 

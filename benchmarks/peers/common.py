@@ -32,10 +32,11 @@ ROOT = HERE.parents[1]
 CACHE = HERE / ".cache"
 DENSE_DIR = ROOT / "benchmarks" / "cache" / "minilm-movie-dense"
 MAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
-RESULTS = HERE / "results.json"
+# PEERS_RESULTS / PEERS_SLICES: the recovery study (run_recovery.sh) writes results_recovery.json over 5 slices
+RESULTS = HERE / os.environ.get("PEERS_RESULTS", "results.json")
 SEQ_LEN = 64
 CALIB_SIZE = 512
-SLICES = 3
+SLICES = int(os.environ.get("PEERS_SLICES", "3"))
 MODEL_NAME = "all-MiniLM-L6-v2"
 TASK = "movie-reviews"
 
@@ -59,7 +60,20 @@ def arguments() -> argparse.ArgumentParser:
     """The command line every MiniLM peer script shares (add a script's own flags to it)."""
     p = argparse.ArgumentParser()
     p.add_argument("--recovery", action="store_true", help="also 100 fine-tuning steps after pruning")
+    p.add_argument("--recipes", default="peers", help="with --recovery: comma-separated names of RECIPES "
+                                                      f"({', '.join(RECIPES)}); default: the peers' recipe only")
     return p
+
+
+def recovery_modes(args) -> dict[str, dict]:
+    """{mode name: recipe} of the --recovery/--recipes flags (mode names as in results.json)."""
+    if not args.recovery:
+        return {}
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}: choose from {list(RECIPES)}")
+    return {RECIPES[n]["mode"]: RECIPES[n] for n in names}
 
 
 def setup(attn_implementation=None):
@@ -151,32 +165,83 @@ def count_flops(model, seq_len=SEQ_LEN):
 # ----------------------------------------------------------------------------- recovery fine-tuning
 
 
-def recover(model, train, steps=100, lr=1e-4, seed=0):
-    """100 AdamW steps (lr 1e-4, batch 32) on the shuffled training split, seed 0."""
+# Recovery recipes, 100 steps of batch 32 each (AdamW, weight decay 0.01, dropout on, shuffled training split,
+# seed 0). "peers" is the recipe of the peer comparison; the others are what hf_prune recommends and its parts.
+RECIPES = {
+    "peers": {"mode": "recovery-100-steps", "lr": 1e-4, "warmup": 0, "decay": False, "distill": 0.0},
+    "distill": {"mode": "recovery-100-steps-distill", "lr": 1e-4, "warmup": 10, "decay": True, "distill": 0.5},
+}
+TEMPERATURE = 2.0
+
+
+def describe(recipe) -> str:
+    schedule = (f"{recipe['warmup']} warmup steps then linear decay to 0" if recipe["decay"] else "constant")
+    kd = (f", loss (1 - {recipe['distill']}) CE + {recipe['distill']} T^2 KL(dense teacher || student), "
+          f"T {TEMPERATURE:g}" if recipe["distill"] else ", labelled loss")
+    return (f"100 AdamW steps (lr {recipe['lr']:g} {schedule}, weight decay 0.01, batch 32, dropout on{kd}) on "
+            "the shuffled training split, seed 0, after pruning")
+
+
+def kl_to_teacher(student_logits, teacher_logits, temperature=TEMPERATURE):
+    """T^2-scaled KL(teacher || student) over the classes, batch mean (peer venvs have no hf_prune)."""
+    t = temperature
+    q = torch.log_softmax(teacher_logits.float() / t, -1)
+    return (q.exp() * (q - torch.log_softmax(student_logits.float() / t, -1))).sum(-1).mean() * t * t
+
+
+def recover(model, train, recipe=RECIPES["peers"], teacher=None, kd_loss=kl_to_teacher, steps=100, seed=0):
+    """Fine-tune `model` with `recipe` (RECIPES); returns (model, {first_loss, last10_loss}) of the task loss.
+
+    With `recipe["distill"]` > 0 the loss mixes in `kd_loss(student logits, teacher logits)` (teacher: the
+    dense model, frozen)."""
     torch.manual_seed(seed)
     data = batches(train, 32, shuffle_seed=seed)[:steps]
-    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    optim = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01)
+    warmup = recipe["warmup"]
+
+    def factor(step):  # step 0 is the first update
+        if step < warmup:
+            return (step + 1) / warmup
+        return (steps - step) / (steps - warmup) if recipe["decay"] else 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, factor)
+    alpha = recipe["distill"]
+    if alpha and teacher is None:
+        raise ValueError("a distillation recipe needs the dense teacher")
+    if teacher is not None:
+        teacher.eval()
+    losses = []
     model.train()
     for b in data:
-        loss = model(**b).loss
+        out = model(**b)
+        loss = out.loss
+        losses.append(float(loss.detach()))
+        if alpha:
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs(b)).logits
+            loss = (1 - alpha) * loss + alpha * kd_loss(out.logits, teacher_logits)
         loss.backward()
         optim.step()
+        sched.step()
         optim.zero_grad()
     model.eval()
-    return model
+    return model, {"first_loss": losses[0], "last10_loss": statistics.mean(losses[-10:])}
 
 
-def recovery_control(train, val_b):
-    """Accuracy of the DENSE model after the same 100-step recipe (cached; identical in every venv): it tells
-    how much of a recovery row is the recipe itself (a converged model disturbed by a fresh constant-lr AdamW)."""
+def recovery_control(train, val_b, recipe=RECIPES["peers"]):
+    """Accuracy of the DENSE model after the same recipe (cached per recipe; identical in every venv): it tells
+    how much of a recovery row is the recipe itself (a converged model disturbed by a fresh AdamW)."""
+    name = "dense_after_recovery_recipe" + ("" if recipe is RECIPES["peers"] else f"|{recipe['mode']}")
     path = CACHE / "recovery-control.json"
-    if path.exists():
-        return json.loads(path.read_text())["dense_after_recovery_recipe"]
-    acc = accuracy(recover(load_dense(), train), val_b)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"dense_after_recovery_recipe": acc}))
-    os.replace(tmp, path)
-    return acc
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if name not in data:
+        dense = load_dense()
+        teacher = load_dense() if recipe["distill"] else None
+        data[name] = accuracy(recover(dense, train, recipe, teacher)[0], val_b)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    return data[name]
 
 
 # ----------------------------------------------------------------------------- latency
@@ -326,38 +391,42 @@ def machine():
             f"(another process running experiments at the same time), torch threads 2 for latency")
 
 
-def summarize(method, mode, runs, dense_acc, extra):
+def summarize(method, mode, runs, dense_acc, extra, recipes):
     accs = [r["accuracy"] for r in runs]
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
     row = {
         "model": MODEL_NAME, "task": TASK, "method": method, "mode": mode,
         "flops_reduction": statistics.mean(r["flops_reduction"] for r in runs),
         "metric_name": "accuracy", "metric": statistics.mean(accs),
-        "metric_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "runs": len(accs), "metric_runs": accs,
+        "metric_sd": sd, "metric_se": sd / len(accs) ** 0.5, "runs": len(accs), "metric_runs": accs,
         "dense_metric": dense_acc,
         "seconds_to_prune": statistics.median(r["seconds_to_prune"] for r in runs),
         "seconds_to_prune_runs": [r["seconds_to_prune"] for r in runs],
         "calibration": f"{SLICES} disjoint slices train[k*{CALIB_SIZE}:(k+1)*{CALIB_SIZE}], batch 32",
     }
     row.update(extra)
-    if mode.startswith("recovery"):
-        row["recovery"] = ("100 AdamW steps (lr 1e-4 constant, weight decay 0.01, batch 32, dropout on) on the "
-                           "shuffled training split, seed 0, after pruning")
+    if mode in recipes:
+        row["recovery"] = describe(recipes[mode])
+        row["recipe"] = recipes[mode]
+        for key in ("first_loss", "last10_loss"):
+            row[f"train_{key}_runs"] = [r.get(key) for r in runs]
     return row
 
 
-def prune_over_slices(tool, method, dense, train, val_b, prune, details, recovery):
-    """Prune a fresh copy on each calibration slice, evaluate it (and, with `recovery`, after 100 steps).
+def prune_over_slices(tool, method, dense, train, val_b, prune, details, recipes, kd_loss=kl_to_teacher):
+    """Prune a fresh copy on each calibration slice, evaluate it (and after each recovery recipe).
 
     prune(calib_batches, k) -> (model, seconds to prune, handle); details(model, handle) -> extra fields kept
-    with each run. Finished runs are cached per tool, so an interrupted script resumes. Returns the dense
-    accuracy, the modes, the runs per mode and (model, handle) of slice 0 (for latency and reload checks).
+    with each run; recipes: {mode: recipe} (`recovery_modes`). Finished runs are cached per tool, so an
+    interrupted script resumes. Returns the dense accuracy, the modes, the runs per mode and (model, handle)
+    of slice 0 (for latency and reload checks).
     """
     cache = RunCache(tool)
     dense_acc = cache.get("dense") or accuracy(dense, val_b)
     cache.put("dense", dense_acc)
     log(f"dense accuracy {dense_acc:.4f}")
     dense_flops = count_flops(dense)
-    modes = ["retrain-free"] + (["recovery-100-steps"] if recovery else [])
+    modes = ["retrain-free", *recipes]
     runs = {m: [] for m in modes}
     kept = None
     for k in range(SLICES):
@@ -369,11 +438,14 @@ def prune_over_slices(tool, method, dense, train, val_b, prune, details, recover
             kept = (model, handle) if k == 0 else kept
             if "retrain-free" in need:
                 cache.put(f"retrain-free|{k}", {"accuracy": accuracy(model, val_b), **common})
-            if "recovery-100-steps" in need:
+            for mode in (m for m in need if m in recipes):
                 t0 = time.time()
-                rec = recover(copy.deepcopy(model), train)
-                cache.put(f"recovery-100-steps|{k}", {"accuracy": accuracy(rec, val_b),
-                                                      "seconds_training": time.time() - t0, **common})
+                teacher = dense if recipes[mode]["distill"] else None
+                rec, losses = recover(copy.deepcopy(model), train, recipes[mode], teacher, kd_loss)
+                cache.put(f"{mode}|{k}", {"accuracy": accuracy(rec, val_b), "seconds_training": time.time() - t0,
+                                          **losses, **common})
+                log(f"{method} {mode} slice {k}: acc {cache.get(f'{mode}|{k}')['accuracy']:.4f} "
+                    f"({time.time() - t0:.0f} s)")
         for m in modes:
             r = cache.get(f"{m}|{k}")
             runs[m].append(r)
@@ -389,16 +461,16 @@ def latency_fields(lat, note):
             "latency_note": note}
 
 
-def finish(method, modes, runs, dense_acc, extra, train, val_b):
+def finish(method, modes, runs, dense_acc, extra, train, val_b, recipes):
     """Summarise the runs into rows (recovery rows with the dense model's score after the same recipe), merge
-    them into results.json and print them."""
-    rows = [summarize(method, m, runs[m], dense_acc, extra) for m in modes]
+    them into the results file and print them."""
+    rows = [summarize(method, m, runs[m], dense_acc, extra, recipes) for m in modes]
     for r in rows:
-        if r["mode"].startswith("recovery"):
-            r["dense_metric_after_same_recovery"] = recovery_control(train, val_b)
+        if r["mode"] in recipes:
+            r["dense_metric_after_same_recovery"] = recovery_control(train, val_b, recipes[r["mode"]])
     write_rows(rows)
     for r in rows:
-        log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_sd']:.4f}")
+        log(f"{r['method']} {r['mode']}: {r['metric']:.4f} +- {r['metric_se']:.4f} (se)")
 
 
 def write_rows(rows):

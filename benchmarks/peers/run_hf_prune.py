@@ -33,6 +33,7 @@ from hf_prune import (  # noqa: E402
     apply_mask_tuning,
     calibration_moments,
     compute_importance,
+    distillation_loss,
     layer_shapes,
     load_pruned,
     plan_from_sparsity,
@@ -70,6 +71,7 @@ def main():
     p = C.arguments()
     p.add_argument("--reselect", action="store_true", help="re-choose the units by reconstruction error")
     args = p.parse_args()
+    recipes = C.recovery_modes(args)
     method = "hf_prune-fisher+weights" + ("+reselect" if args.reselect else "")
     train, val, val_b, dense = C.setup()
 
@@ -78,7 +80,7 @@ def main():
 
     dense_acc, modes, runs, (kept, _) = C.prune_over_slices(
         method, method, dense, train, val_b, lambda calib, k: (*prune(dense, calib, args.reselect), None), shapes,
-        args.recovery)
+        recipes, kd_loss=distillation_loss)
     lat = C.latency_ratios(dense, kept)
     ok5, ok_ours, notes = reloads(kept, val)
     C.log(f"latency {lat}; reload v5 {ok5}: {notes}")
@@ -95,7 +97,7 @@ def main():
                       + "weight reconstruction (tune_masks(reconstruct='weights')) on the same slice",
         "versions": C.versions("hf_prune"),
     }
-    C.finish(method, modes, runs, dense_acc, extra, train, val_b)
+    C.finish(method, modes, runs, dense_acc, extra, train, val_b, recipes)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def prune(dense, calib, output_dir):
 def main():
     p = C.arguments()
     args = p.parse_args()
+    recipes = C.recovery_modes(args)
     logging.getLogger("textpruner").setLevel(logging.WARNING)
     train, val, val_b, dense = C.setup()  # default (sdpa) attention; prune_heads works with it
     work = tempfile.mkdtemp(prefix="peer-textpruner-")
@@ -51,7 +52,7 @@ def main():
         dense_acc, modes, runs, (pruned, pruner) = C.prune_over_slices(
             "textpruner", METHOD, dense, train, val_b,
             lambda calib, k: prune(dense, calib, os.path.join(work, f"slice{k}")),
-            lambda model, _: {"shapes": C.bert_shapes(model)}, args.recovery)
+            lambda model, _: {"shapes": C.bert_shapes(model)}, recipes)
         lat = C.latency_ratios(dense, pruned)
         C.log(f"latency {lat}")
         batch = C.check_batch(val)
@@ -72,7 +73,7 @@ def main():
         "importance": f"TextPruner iterative Taylor (labelled loss), n_iters={N_ITERS}, even masking per layer",
         "versions": C.versions("textpruner"),
     }
-    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b)
+    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b, recipes)
 
 
 if __name__ == "__main__":

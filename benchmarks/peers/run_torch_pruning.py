@@ -90,10 +90,11 @@ def reloads(pruned, val):
 def main():
     p = C.arguments()
     args = p.parse_args()
+    recipes = C.recovery_modes(args)
     train, val, val_b, dense = C.setup(attn_implementation="eager")
     dense_acc, modes, runs, (pruned, _) = C.prune_over_slices(
         "torch-pruning", METHOD, dense, train, val_b, lambda calib, k: (*prune(dense, calib), None),
-        lambda model, _: {"shapes": C.bert_shapes(model)}, args.recovery)
+        lambda model, _: {"shapes": C.bert_shapes(model)}, recipes)
 
     lat = C.latency_ratios(dense, pruned)
     C.log(f"latency {lat}")
@@ -108,7 +109,7 @@ def main():
                       "calibration batches, local (per-layer) pruning",
         "versions": C.versions("torch-pruning"),
     }
-    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b)
+    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b, recipes)
 
 
 if __name__ == "__main__":

@@ -52,10 +52,11 @@ def prune(dense, calib, keep=6):
 def main():
     p = C.arguments()
     args = p.parse_args()
+    recipes = C.recovery_modes(args)
     train, val, val_b, dense = C.setup(attn_implementation="eager")  # head_mask needs eager attention (sdpa falls back)
     dense_acc, modes, runs, (pruned, _) = C.prune_over_slices(
         "transformers4", METHOD, dense, train, val_b, lambda calib, k: prune(dense, calib),
-        lambda model, to_prune: {"pruned_heads": to_prune}, args.recovery)
+        lambda model, to_prune: {"pruned_heads": to_prune}, recipes)
 
     # latency: same attention implementation (eager, where prune_heads and head_mask are supported) for both
     lat = C.latency_ratios(dense, pruned)
@@ -80,7 +81,7 @@ def main():
         "importance": "|d loss / d head_mask| summed over the calibration batches (Michel et al. 2019)",
         "versions": C.versions(),
     }
-    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b)
+    C.finish(METHOD, modes, runs, dense_acc, extra, train, val_b, recipes)
 
 
 if __name__ == "__main__":
