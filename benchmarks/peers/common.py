@@ -170,6 +170,8 @@ def count_flops(model, seq_len=SEQ_LEN):
 RECIPES = {
     "peers": {"mode": "recovery-100-steps", "lr": 1e-4, "warmup": 0, "decay": False, "distill": 0.0},
     "distill": {"mode": "recovery-100-steps-distill", "lr": 1e-4, "warmup": 10, "decay": True, "distill": 0.5},
+    "distill-low-lr": {"mode": "recovery-100-steps-distill-low-lr", "lr": 3e-5, "warmup": 10, "decay": True,
+                       "distill": 0.5},
 }
 TEMPERATURE = 2.0
 
