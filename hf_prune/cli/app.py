@@ -310,16 +310,6 @@ def write_outputs(job: Job, report: dict, outputs: Outputs) -> None:
         shutil.rmtree(outputs.work_dir, ignore_errors=True)
 
 
-STACKS_UNSUPPORTED = (  # (what the flag asks for, is it given) on a model with several layer stacks
-    ("--uniform", lambda c: c.uniform),
-    ("--layer_sparsity / --num_layers_to_remove / --structure depth or joint", lambda c: c.removes_layers
-     or c.plans_layers),
-    ("--latency_reduction", lambda c: c.latency_reduction is not None),
-    ("--recovery_inputs sequential", lambda c: c.recovery_inputs == "sequential"),
-    ("--unstructured_sparsity", lambda c: bool(c.unstructured_sparsity)),
-)
-
-
 def check_model_type(model_config, pruning: PruningConfig | None) -> None:
     """ValueError for a model type hf_prune cannot prune, and on a model with several layer stacks (T5, BART)
     for the options the command line does not support on them yet, before any weights load."""
@@ -329,7 +319,9 @@ def check_model_type(model_config, pruning: PruningConfig | None) -> None:
     if stacks is None:
         get_layout(model_config)  # unsupported model -> ValueError naming its model_type
         return
-    refused = [what for what, given in STACKS_UNSUPPORTED if pruning is not None and given(pruning)]
+    refused = [] if pruning is None else pruning.stack_conflicts(as_flags=True)
+    if pruning is not None and pruning.recovery_inputs == "sequential":  # sequential recovery: single-stack models only
+        refused.append("--recovery_inputs sequential")
     if refused:
         names = ", ".join(stack.name for stack in stacks)
         raise ValueError(f"{'; '.join(refused)}: not supported yet on model_type {model_config.model_type!r}, "

@@ -255,14 +255,16 @@ class PruningConfig(JsonFile):
         """Can the callback accumulate the scores from the training steps' own gradients?"""
         return self.importance in GRADIENT_METHODS
 
-    def stack_conflicts(self) -> list[str]:
-        """The options set that the callback does not support on models with several layer stacks yet."""
-        return [name for name, given in (
-            ("uniform=True", self.uniform),
-            ("layer removal (layer_sparsity / num_layers_to_remove, scored by layer_importance)", self.removes_layers),
-            ("latency_reduction", self.latency_reduction is not None),
-            (f"structure={self.structure!r}", self.plans_layers),
-            ("unstructured_sparsity", bool(self.unstructured_sparsity)),
+    def stack_conflicts(self, as_flags: bool = False) -> list[str]:
+        """The options set that are not supported on models with several layer stacks yet, by field name, or by
+        the command line's flag name when `as_flags`."""
+        return [flag if as_flags else name for name, flag, given in (
+            ("uniform=True", "--uniform", self.uniform),
+            ("layer removal (layer_sparsity / num_layers_to_remove, scored by layer_importance)",
+             "--layer_sparsity / --num_layers_to_remove", self.removes_layers),
+            ("latency_reduction", "--latency_reduction", self.latency_reduction is not None),
+            (f"structure={self.structure!r}", "--structure depth or joint", self.plans_layers),
+            ("unstructured_sparsity", "--unstructured_sparsity", bool(self.unstructured_sparsity)),
         ) if given]
 
     def plan_constraints(self) -> dict:
