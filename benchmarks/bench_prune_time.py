@@ -46,12 +46,12 @@ def calibration(examples, size: int, sort: bool) -> list[dict]:
     return batches(examples, size)
 
 
-def one_run(dense, calib, reselect: bool) -> tuple[object, dict]:
+def one_run(dense, calib, reselect: bool, one_pass: bool) -> tuple[object, dict]:
     model = copy.deepcopy(dense)
     config = PruningConfig(flops_reduction=0.5, flops_seq_len=SEQ_LEN, importance="fisher", reselect=reselect)
     with OtherLoad() as load:
         start = time.perf_counter()
-        result = prune_retrain_free(model, calib, config)
+        result = prune_retrain_free(model, calib, config, one_pass=one_pass)
         wall = time.perf_counter() - start
     stages = {k: v for k, v in result.seconds.items()}
     stages["wall_s"] = wall
@@ -112,24 +112,25 @@ def main(argv=None):
                 "padded_tokens": sum(int(b["attention_mask"].numel()) for b in calib),
                 "tokenise_s": tokenise_s,
                 "pipeline": "prune_retrain_free(model, batches, PruningConfig(flops_reduction=0.5, flops_seq_len=64, "
-                            "importance='fisher', reselect=...)), mode='dense' (weight recovery, layer by layer)",
+                            "importance='fisher', reselect=...), one_pass=...), mode='dense' (weight recovery; "
+                            "layer by layer, or with every layer's statistics collected during scoring)",
                 "repeats": args.repeats, "load_before_timing": waited, "note": args.note,
             },
         }
         atomic_write_json(args.results / "prune_time.json", out)
 
-    for reselect in (False, True):
+    for reselect, one_pass in ((False, False), (True, False), (False, True), (True, True)):
         runs = []
         model = None
         for _ in range(args.repeats):
-            model, run = one_run(dense, calib, reselect)
+            model, run = one_run(dense, calib, reselect, one_pass)
             runs.append(run)
-            print(f"reselect={reselect}: {run['stages']['total_s']:.2f} s "
+            print(f"reselect={reselect}, one_pass={one_pass}: {run['stages']['total_s']:.2f} s "
                   f"({', '.join(f'{k} {v:.2f}' for k, v in run['stages'].items())}); other load "
                   f"{run['other_load_cores']}", flush=True)
-        keys = runs[0]["stages"].keys()
+        keys = set.intersection(*(set(r["stages"]) for r in runs))
         medians = {k: statistics.median(r["stages"][k] for r in runs) for k in keys}
-        rows.append({"reselect": reselect, "median_s": medians, "runs": runs,
+        rows.append({"reselect": reselect, "one_pass": one_pass, "median_s": medians, "runs": runs,
                      "accuracy": accuracy(model, val_b), "flops_reduction_actual": 1 - count_flops(model, seq_len=SEQ_LEN)
                      / dense_flops, "within_target": medians["total_s"] <= TARGET_S})
         save()

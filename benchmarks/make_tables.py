@@ -491,8 +491,9 @@ def prune_time() -> str:
     for r in d["rows"]:
         m = r["median_s"]
         verdict = "PASS" if m["total_s"] <= d["target_s"] else "MISS"
-        body.append(["with re-selection" if r["reselect"] else "without re-selection",
-                     *[f"{m[k]:.1f}" for k, _ in stages], f"{r['accuracy']:.3f}", f"**{verdict}**"])
+        path = ("with re-selection" if r["reselect"] else "without re-selection") + (
+            ", `one_pass=True` (statistics during scoring)" if r.get("one_pass") else ", layer by layer")
+        body.append([path, *[f"{m[k]:.1f}" for k, _ in stages], f"{r['accuracy']:.3f}", f"**{verdict}**"])
     load_cores = max(run["other_load_cores"] for r in d["rows"] for run in r["runs"])
     return (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}; other load at most "
             f"{load_cores:.2f} cores). Medians of {len(d['rows'][0]['runs'])} runs, seconds after tokenisation; "

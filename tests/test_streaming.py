@@ -246,6 +246,42 @@ def test_pipeline_equals_scores_plan_reselect_and_one_pass_recovery():
     assert json.loads(json.dumps(result.to_dict()))["plan"]["heads"] == {str(k): v for k, v in plan.heads.items()}
 
 
+@pytest.mark.parametrize("family,importance", [("bert", "fisher"), ("llama", "fisher"), ("llama", "activation"),
+                                               ("gpt2", "l2")])
+def test_one_pass_equals_the_layer_by_layer_pipeline(family, importance, monkeypatch):
+    """one_pass=True collects the statistics during scoring (fisher, activation) or in a pass of their own (l2, which
+    runs no forward): the same plan and weights as the layer-by-layer path, and no hooks left behind."""
+    import hf_prune.recovery.moments as moments
+
+    model = make_model(family)
+    data = [dict(b, labels=b["input_ids"] if family != "bert" else torch.tensor([0, 1, 2, 0])) for b in _batches()]
+    config = PruningConfig(flops_reduction=0.4, flops_seq_len=10, importance=importance)
+    streamed = copy.deepcopy(model)
+    expected = prune_retrain_free(streamed, data, config)
+    separate_passes = []
+    own_pass = moments.calibration_moments
+    monkeypatch.setattr(moments, "calibration_moments", lambda *a, **k: separate_passes.append(1) or own_pass(*a, **k))
+    result = prune_retrain_free(model, data, config, one_pass=True)
+    assert len(separate_passes) == (importance == "l2")  # scores from a forward pass bring the statistics along
+    assert result.plan.heads == expected.plan.heads and result.plan.neurons == expected.plan.neurons
+    assert result.reselected and result.streaming is None
+    _assert_states_close(model, streamed)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert {"scoring_s", "recovery_statistics_s", "recovery_reselect_s", "recovery_solve_s"} <= set(result.seconds)
+
+
+@pytest.mark.parametrize("bad", ["mode", "checkpoint_dir", "offload_dir", "stats_dtype"])
+def test_one_pass_refuses_the_layer_by_layer_options(bad, tmp_path):
+    model = make_model("llama")
+    before = _state(model)
+    kwargs = {"mode": "sequential", "checkpoint_dir": tmp_path / "c", "offload_dir": tmp_path / "o",
+              "stats_dtype": torch.float32}
+    with pytest.raises(ValueError, match=f"one_pass=True.*{bad}"):
+        prune_retrain_free(model, _batches(), PruningConfig(head_sparsity=0.5), one_pass=True, **{bad: kwargs[bad]})
+    _assert_unchanged(model, before)
+    assert not any(tmp_path.iterdir())
+
+
 def test_bf16_llama_works_and_is_close_to_float32():
     data = _batches()
     f32 = make_model("llama")

@@ -32,26 +32,100 @@ def removed_layers(plan, model: nn.Module) -> list[int]:
     return validate_layer_request(plan.layers, len(get_layers(model)), set(plan.heads) | set(plan.neurons))
 
 
+PRODUCT_ROWS = 4096  # at most this many rows of X^T X are computed at once (the work space beside the store)
+
+
 def accumulate_moment(store: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor | None,
                       dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Add [X 1]^T [X 1] of a projection's inputs `x` (..., F), over the real tokens of `mask` when it has one entry
     per token, to `store` ((F + 1, F + 1) of `dtype` on x's device; a new one when None) and return it.
 
-    X^T X is accumulated in place (addmm into the top-left block), the column sums and the token count go to the
-    last row and column: no augmented copy of X is made."""
+    X^T X is accumulated in place, the column sums and the token count go to the last row and column: no augmented
+    copy of X is made. One batch's products are computed in float32 (float64 only for float64 inputs), twice as
+    fast as float64 on CPU and as precise as the inputs, and added to the `dtype` store: a float64 store sums the
+    batches in float64. X^T X is symmetric: only its upper triangle is computed, in blocks of rows, and each
+    block's transpose is copied below the diagonal (about 60% of the full product's work)."""
     flat = x.detach().reshape(-1, x.shape[-1])  # (B*T, F)
     if mask is not None and mask.numel() == flat.shape[0]:
         flat = flat[mask.reshape(-1).to(flat.device).bool()]  # (N, F): real tokens only
-    flat = flat.to(dtype)
+    flat = flat.to(torch.float64 if flat.dtype == torch.float64 else torch.float32)
     f = flat.shape[1]
     if store is None:
         store = torch.zeros(f + 1, f + 1, dtype=dtype, device=flat.device)
-    store[:f, :f].addmm_(flat.t(), flat)  # (F, F)
-    sums = flat.sum(0)  # (F,)
+    rows = min(PRODUCT_ROWS, max(256, -(-f // 4)))  # 4 blocks of rows at MiniLM / SmolLM2 widths
+    for a in range(0, f, rows):
+        b = min(a + rows, f)
+        upper = store[a:b, a:f]  # (R, F - a): this block's rows, from the diagonal on
+        if flat.dtype == dtype:
+            upper.addmm_(flat[:, a:b].t(), flat[:, a:])
+        else:
+            upper += flat[:, a:b].t() @ flat[:, a:]  # (R, F - a) in float32, added in the store's dtype
+        store[b:f, a:b] = store[a:b, b:f].t()  # below the diagonal: the transpose
+    sums = flat.sum(0).to(dtype)  # (F,)
     store[:f, f] += sums
     store[f, :f] += sums
     store[f, f] += flat.shape[0]
     return store
+
+
+class MomentCollector:
+    """Forward hooks that add [X 1]^T [X 1] of every layer's output- and down-projection inputs (real tokens only)
+    on each forward of the model, whoever runs it: `calibration_moments` runs its own pass, `prune_retrain_free(...,
+    one_pass=True)` lets the scoring pass run it. Use as a context manager; `result()` afterwards."""
+
+    def __init__(self, model, layout: Layout | None = None, skip: Collection[int] = ()):
+        self.model, self.layout = model, layout or get_layout(model)
+        shapes = [None if i in skip else layer_shape(layer, self.layout)
+                  for i, layer in enumerate(get_layers(model, self.layout))]
+        self.o = [None if s is None else _zero_moment(s.heads * s.head_dim) for s in shapes]
+        self.down = [None if s is None else _zero_moment(s.ffn) for s in shapes]
+        self.forwards = 0  # calls of the model while collecting
+        self._inputs: dict = {}  # keyword inputs of the current forward: the padding masks
+        self._handles: list = []
+
+    def _hook_for(self, store: list, i: int):
+        def hook(module, args):
+            name = mask_name(self.model, i)  # a FlatView entry: its stack's own mask
+            mask = self._inputs.get(name) if name else None
+            if args[0].device == store[i].device:  # in place, as the layer-by-layer path accumulates
+                accumulate_moment(store[i], args[0], mask)
+            else:
+                store[i] += accumulate_moment(None, args[0], mask).cpu()  # (F + 1, F + 1)
+        return hook
+
+    def _on_forward(self, module, args, kwargs):
+        self._inputs = kwargs
+        self.forwards += 1
+
+    def __enter__(self) -> MomentCollector:
+        root = self.model if isinstance(self.model, nn.Module) else self.model.model  # a FlatView: its model
+        self._handles.append(root.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+        for i, layer in enumerate(get_layers(self.model, self.layout)):
+            if self.o[i] is not None:
+                self._handles.append(get_submodule(layer, self.layout.o).register_forward_pre_hook(
+                    self._hook_for(self.o, i)))
+                self._handles.append(get_submodule(layer, self.layout.down).register_forward_pre_hook(
+                    self._hook_for(self.down, i)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self._inputs = [], {}
+
+    def result(self) -> tuple[list, list]:
+        """(o_moments, down_moments) summed over every process; ValueError when no forward ran anywhere."""
+        collected = [m for m in self.o + self.down if m is not None]
+        reduced = iter(all_reduce(collected + [torch.tensor([float(self.forwards)], dtype=torch.float64)]))
+        o_moments = [None if m is None else next(reduced) for m in self.o]  # same order as `collected`
+        down_moments = [None if m is None else next(reduced) for m in self.down]
+        if next(reduced).item() == 0:
+            raise ValueError("the calibration dataloader is empty: recovery needs at least one batch")
+        return o_moments, down_moments
+
+
+def _zero_moment(width: int) -> torch.Tensor:
+    return torch.zeros(width + 1, width + 1, dtype=torch.float64)
 
 
 def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
@@ -59,51 +133,13 @@ def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,
     """[X 1]^T [X 1] of the inputs X of every layer's output and down projections, over real tokens.
 
     Layers in `skip` get no hooks and None in place of their moments."""
-    layers = get_layers(model, layout)
     device = input_device(model)
-    shapes = [None if i in skip else layer_shape(layer, layout) for i, layer in enumerate(layers)]
-    o_moments = [None if s is None else torch.zeros(s.heads * s.head_dim + 1, s.heads * s.head_dim + 1,
-                                                    dtype=torch.float64) for s in shapes]
-    down_moments = [None if s is None else torch.zeros(s.ffn + 1, s.ffn + 1, dtype=torch.float64) for s in shapes]
-    current: dict = {}
-
-    def hook_for(store: list, i: int):
-        def hook(module, args):
-            name = mask_name(model, i)  # a FlatView entry: its stack's own mask
-            mask = current.get(name) if name else None
-            if args[0].device == store[i].device:  # in place, as the layer-by-layer path accumulates
-                accumulate_moment(store[i], args[0], mask)
-            else:
-                store[i] += accumulate_moment(None, args[0], mask).cpu()  # (F + 1, F + 1)
-
-        return hook
-
-    handles = []
-    n = 0
-    try:
-        for i, layer in enumerate(layers):
-            if i in skip:
-                continue
-            handles.append(get_submodule(layer, layout.o).register_forward_pre_hook(hook_for(o_moments, i)))
-            handles.append(get_submodule(layer, layout.down).register_forward_pre_hook(hook_for(down_moments, i)))
-        with eval_mode(model), torch.no_grad():
-            for batch in tqdm(batches, desc="calibration statistics", disable=not is_main_process(), leave=False):
-                batch = prepare_batch(batch, device)
-                batch.pop("labels", None)
-                current.clear()
-                current.update(batch)
-                model(**batch)
-                n += 1
-    finally:
-        for h in handles:
-            h.remove()
-    collected = [m for m in o_moments + down_moments if m is not None]
-    reduced = iter(all_reduce(collected + [torch.tensor([float(n)], dtype=torch.float64)]))
-    o_moments = [None if m is None else next(reduced) for m in o_moments]  # same order as `collected`
-    down_moments = [None if m is None else next(reduced) for m in down_moments]
-    if next(reduced).item() == 0:
-        raise ValueError("the calibration dataloader is empty: recovery needs at least one batch")
-    return o_moments, down_moments
+    with MomentCollector(model, layout, skip) as collector, eval_mode(model), torch.no_grad():
+        for batch in tqdm(batches, desc="calibration statistics", disable=not is_main_process(), leave=False):
+            batch = prepare_batch(batch, device)
+            batch.pop("labels", None)
+            model(**batch)
+    return collector.result()
 
 
 def check_moments(moments, model: nn.Module, removed: Collection[int] = ()) -> None:
