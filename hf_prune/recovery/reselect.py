@@ -194,29 +194,39 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
     gone: list[int] = []  # buffer rows removed since the last compaction
     diag, norms = hinv.diagonal().clone(), _row_norms(wt)  # (a,): H^-1_jj and ||W_:,j||^2 now
     steps: list[tuple[list[int], float]] = []
+    one_family = width == 1 and len({families[g] for g in alive}) == 1  # FFN neurons: tensors, no Python sort
+    if one_family:
+        family = families[alive[0]]
+        alive_ids = torch.as_tensor(alive)  # (A,) ascending, as `alive`
+        alive_features = torch.as_tensor([groups[g][0] for g in alive])  # (A,)
     bar = tqdm(total=total, desc=desc, unit="unit", leave=False, disable=not (progress and is_main_process()))
     try:
         while alive:
             a = hinv.shape[0]
             u, v = u_all[:a, :k], v_all[:, :k]  # pending (a, k), (out, k)
-            cols_alive = where[torch.as_tensor([groups[g] for g in alive])].to(device)  # (A, width) buffer rows
-            if width == 1:  # ||W_j||^2 / H^-1_jj
+            if one_family:  # the `block` cheapest, ties to the lower index (as the sort below): one tensor sort
+                cols_alive = where[alive_features].to(device)  # (A,) buffer rows
+                chosen = torch.sort(norms[cols_alive] / diag[cols_alive], stable=True).indices[:min(block, left[family])]
+                take = alive_ids[chosen.cpu()].tolist()
+            elif width == 1:  # ||W_j||^2 / H^-1_jj
+                cols_alive = where[torch.as_tensor([groups[g] for g in alive])].to(device)  # (A, 1) buffer rows
                 errors = (norms[cols_alive[:, 0]] / diag[cols_alive[:, 0]]).tolist()
             else:  # nothing pending
+                cols_alive = where[torch.as_tensor([groups[g] for g in alive])].to(device)  # (A, width) buffer rows
                 w_g = wt[cols_alive]  # (A, width, out)
                 inv_blocks = hinv[cols_alive[:, :, None], cols_alive[:, None, :]]  # (A, width, width)
                 solved = solve_spd(inv_blocks, w_g)  # (A, width, out)
                 errors = (w_g * solved).sum((1, 2)).tolist()  # trace(W_G (H^-1_GG)^-1 W_G^T)
-            # take up to `block` cheapest groups, never more than a family's remaining quota
-            take: list[int] = []
-            counts: dict[int, int] = {}
-            for _, g in sorted(zip(errors, alive)):
-                f = families[g]
-                if counts.get(f, 0) < left[f]:
-                    take.append(g)
-                    counts[f] = counts.get(f, 0) + 1
-                    if len(take) == block:
-                        break
+            if not one_family:  # take up to `block` cheapest groups, never more than a family's remaining quota
+                take = []
+                counts: dict[int, int] = {}
+                for _, g in sorted(zip(errors, alive)):
+                    f = families[g]
+                    if counts.get(f, 0) < left[f]:
+                        take.append(g)
+                        counts[f] = counts.get(f, 0) + 1
+                        if len(take) == block:
+                            break
             rows = where[torch.as_tensor([c for g in take for c in groups[g]])]  # (b,) buffer rows
             rows = rows.to(device)
             h_g = hinv.index_select(0, rows)  # (b, a): rows G of H^-1 now
@@ -245,8 +255,14 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
             gone.extend(rows.tolist())
             for g in take:
                 left[families[g]] -= 1
-            taken = set(take)
-            alive = [g for g in alive if g not in taken and left[families[g]] > 0]
+            if one_family:
+                kept = torch.ones(len(alive_ids), dtype=torch.bool)
+                kept[chosen.cpu()] = False
+                alive_ids, alive_features = alive_ids[kept], alive_features[kept]
+                alive = alive_ids.tolist() if left[family] > 0 else []
+            else:
+                taken = set(take)
+                alive = [g for g in alive if g not in taken and left[families[g]] > 0]
             bar.update(len(take))
             if alive and (width > 1 or k + block > rank):  # apply the pending updates, drop removed rows
                 hinv, wt, index, where, k = _flush(hinv, wt, u_all, v_all, k, index, where, gone)
