@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from provenance import OtherLoad, command_line, machine_info, now_utc  # noqa: E402
 
-from hf_prune.recovery.reselect import greedy_obs  # noqa: E402
+from hf_prune.recovery.reselect import cheapest_groups, greedy_obs  # noqa: E402
 from hf_prune.serialization.atomic import atomic_write_json  # noqa: E402
 
 HIDDEN = {1536: 576, 11008: 4096, 14336: 4096, 28672: 8192}  # SmolLM2-135M, Llama-2-7B, Llama-3-8B, Llama-2/3-70B
@@ -81,14 +81,7 @@ def baseline_greedy_obs(moment, weight, groups, families, quota, ridge, block):
             inv_blocks = h_inv[cols_alive[:, :, None], cols_alive[:, None, :]]
             solved = _baseline_solve_spd(inv_blocks, w_g.transpose(1, 2))
             errors = (w_g.transpose(1, 2) * solved).sum((1, 2)).tolist()
-        take, counts = [], {}
-        for _, g in sorted(zip(errors, alive)):
-            f = families[g]
-            if counts.get(f, 0) < left[f]:
-                take.append(g)
-                counts[f] = counts.get(f, 0) + 1
-                if len(take) == block:
-                    break
+        take = cheapest_groups(errors, alive, families, left, block)
         cols = torch.as_tensor([c for g in take for c in groups[g]])
         inv_gg = _baseline_inverse_spd(h_inv[cols][:, cols])
         steps.append((take, torch.trace(w[:, cols] @ inv_gg @ w[:, cols].t()).item()))

@@ -217,16 +217,8 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
                 inv_blocks = hinv[cols_alive[:, :, None], cols_alive[:, None, :]]  # (A, width, width)
                 solved = solve_spd(inv_blocks, w_g)  # (A, width, out)
                 errors = (w_g * solved).sum((1, 2)).tolist()  # trace(W_G (H^-1_GG)^-1 W_G^T)
-            if not one_family:  # take up to `block` cheapest groups, never more than a family's remaining quota
-                take = []
-                counts: dict[int, int] = {}
-                for _, g in sorted(zip(errors, alive)):
-                    f = families[g]
-                    if counts.get(f, 0) < left[f]:
-                        take.append(g)
-                        counts[f] = counts.get(f, 0) + 1
-                        if len(take) == block:
-                            break
+            if not one_family:
+                take = cheapest_groups(errors, alive, families, left, block)
             rows = where[torch.as_tensor([c for g in take for c in groups[g]])]  # (b,) buffer rows
             rows = rows.to(device)
             h_g = hinv.index_select(0, rows)  # (b, a): rows G of H^-1 now
@@ -271,6 +263,22 @@ def greedy_obs(moment: torch.Tensor, weight: torch.Tensor, groups: list[list[int
     finally:
         bar.close()
     return steps
+
+
+def cheapest_groups(errors: list[float], alive: list[int], families: list[int], left: dict[int, int],
+                    block: int) -> list[int]:
+    """Up to `block` of the `alive` groups with the lowest errors (ties: the lower group), never more from a family
+    than its remaining quota `left`."""
+    take: list[int] = []
+    counts: dict[int, int] = {}
+    for _, g in sorted(zip(errors, alive)):
+        f = families[g]
+        if counts.get(f, 0) < left[f]:
+            take.append(g)
+            counts[f] = counts.get(f, 0) + 1
+            if len(take) == block:
+                break
+    return take
 
 
 def _flush(hinv, wt, u_all, v_all, k, index, where, gone):
