@@ -17,6 +17,7 @@ from hf_prune import (
     ImportanceScores,
     PruningConfig,
     PruningPlan,
+    apply_mask_tuning,
     calibration_moments,
     compute_importance,
     count_flops,
@@ -529,6 +530,30 @@ def test_prune_retrain_free_on_stacks(name):
     stacked_output(model, stacked_inputs(name))
     with pytest.raises(ValueError, match="mode='sequential'.*several layer stacks"):
         prune_retrain_free(make_stacked(name), batches, PruningConfig(flops_reduction=0.3), mode="sequential")
+
+
+@pytest.mark.parametrize("name", ["t5", "bart", "clip"])
+def test_prune_retrain_free_on_stacks_takes_the_statistics_from_the_scoring_pass(name, monkeypatch):
+    """The statistics come from the fisher pass (no pass of their own) and give the model that scores, a plan,
+    `calibration_moments`, re-selection and `apply_mask_tuning` give."""
+    import hf_prune.recovery.moments as moments
+    from hf_prune.pipeline import make_plan
+
+    batches = loss_batches(name, 3)
+    config = PruningConfig(flops_reduction=0.3)
+    reference = make_stacked(name)
+    plan = make_plan(compute_importance(reference, batches, "fisher", progress=False), reference, config)
+    stats = calibration_moments(reference, batches)
+    apply_mask_tuning(reference, reselect_units(reference, plan, stats, progress=False), stats, reconstruct="weights")
+
+    model = make_stacked(name)
+    monkeypatch.setattr(moments, "calibration_moments", lambda *a, **k: pytest.fail("a separate statistics pass"))
+    prune_retrain_free(model, batches, config)
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].shape == want[key].shape, key
+        assert (got[key] - want[key]).norm() <= 1e-5 * want[key].norm() + 1e-9, key
 
 
 def test_classes_with_one_stack_of_a_multi_stack_type_and_bf16_reload(tmp_path):
