@@ -33,9 +33,9 @@ settings (--quick's included) is refused: delete it. `--stop-after STEP` ends th
 (checkpointed there). results/healing.json (every finished run, the recipe, targets, machine, command) and
 results/healing.png are rewritten after every finished run.
 
-Time on this 2-core machine: a dense step (student forward and backward, teacher forward, 2 x 512 tokens) took about
-77 s while another process used one core, an evaluation about 50 s: 3 to 5 hours a run, pruned runs a little less;
-one-shot pruning on 128 windows adds an estimated 15 to 30 minutes (re-selection dominates; more at 30%).
+Time on this 2-core machine, quiet: the dense run took 1.0 h (about 16.5 s a step: student forward and backward
+and teacher forward on 2 x 512 tokens; results/healing.json's wall_s); a one-shot run's fisher pass over the 128
+calibration windows takes about 9 minutes before its recovery and healing.
 
     .venv/bin/python benchmarks/bench_healing.py --quick   # smoke run: 4 layers, 128-token windows, 4 steps
     .venv/bin/python benchmarks/bench_healing.py           # the four runs (hours on 2 CPU cores; resumable)

@@ -676,6 +676,11 @@ def healing() -> str:
                                      "final ÷ dense reference's", "pruning time", "healing time"], body))
     if targets:
         text += "\n\n" + table(["target (issue 18 §3)", "measured", ""], targets)
+    pending = [name for name in setup["targets"] if name not in {r["run"] for r in runs}]
+    if pending:
+        text += (f"\n\nNot finished yet: {', '.join(pending)} (targets: "
+                 + "; ".join(f"{name} {rule}" for name, rule in setup["targets"].items() if name in pending)
+                 + "). Rerunning the command resumes them from their cached progress.")
     return text + ("\n\n" + gradual.strip() if gradual else "")
 
 
