@@ -123,6 +123,22 @@ def test_retrain_free_with_flops_budget_and_pruned_input(tiny_model_dir, data, t
         sum(report["after"]["structure"]["heads_per_layer"])
 
 
+def test_one_pass_flag_gives_the_layer_by_layer_model(tiny_model_dir, data, tmp_path):
+    runs = {}
+    for name, extra in (("layers", []), ("one_pass", ["--one_pass"])):
+        out = tmp_path / name
+        args = base_args(tiny_model_dir, *data["single"], out) + ["--retrain_free", "--flops_reduction", "0.4",
+                                                                  "--importance", "fisher", *extra]
+        assert main(args) == 0
+        runs[name] = (json.loads((out / "pruning_report.json").read_text()), load_pruned(out).eval())
+    (report, model), (plain_report, plain) = runs["one_pass"], runs["layers"]
+    assert report["pruning"]["one_pass"] is True and plain_report["pruning"]["one_pass"] is False
+    assert report["after"]["structure"] == plain_report["after"]["structure"]
+    ids = torch.randint(5, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
 def test_push_to_hub_uploads_model_tokenizer_and_card(tiny_model_dir, data, tmp_path, monkeypatch):
     import huggingface_hub
 

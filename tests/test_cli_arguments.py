@@ -78,6 +78,8 @@ def test_parse_gives_a_pruning_config_with_the_cli_flag_names():
     (["--calibration_batches", "2"], "--calibration_batches is the callback's option"),
     (["--base_model_id", "not a/valid id"], "--base_model_id 'not a/valid id' is not a Hub id"),
     (["--no_such_flag"], "not used by the HfArgumentParser: ['--no_such_flag']"),
+    (["--one_pass"], "--one_pass collects the recovery statistics while scoring"),
+    (["--one_pass", "--retrain_free", "--recovery_inputs", "sequential"], "not --recovery_inputs sequential"),
 ])
 def test_bad_flags_give_one_error_line_and_status_2(flags, message, tmp_path, capsys):
     out = tmp_path / "out"

@@ -154,7 +154,8 @@ def latency_table(job: Job):
 def prune_retrain_free(job: Job) -> dict:
     """Drop the weakest layers, then score the widths of the remaining ones on calibration data, plan (a budget
     with --structure depth/joint may choose more layers), recover by least squares layer by layer (or just cut),
-    then unstructured zeros: `hf_prune.prune_retrain_free` (dense mode unless --recovery_inputs sequential).
+    then unstructured zeros: `hf_prune.prune_retrain_free` (dense mode unless --recovery_inputs sequential; with
+    --one_pass the recovery statistics come from the scoring pass).
 
     Layers go first, so width scores, the plan and the recovery statistics all see the model as it will be:
     recovery re-fits the remaining layers' kept units to the outputs those layers had (dense widths) after the
@@ -171,7 +172,7 @@ def prune_retrain_free(job: Job) -> dict:
         return tables[-1]
 
     result = run_pipeline(model, calibration, config, mode=config.recovery_inputs or "dense",
-                          latency_table=measured_table, seed=job.training.seed)
+                          latency_table=measured_table, seed=job.training.seed, one_pass=job.cli.one_pass)
     table = tables[-1] if tables else None
     if result.plan is None:  # depth only
         return {"mode": "retrain-free", "schedule": None, "reselected": False, "recovery": None, "config": config,
@@ -277,8 +278,9 @@ def measure(job: Job, dense, pruning: dict, before: tuple[dict, dict], after: tu
                                          else None),
                     "removed_layers": pruning.get("removed_layers", []),
                     "schedule": pruning["schedule"], "distill": cli.distill, "recovery": pruning["recovery"],
-                    "reselected": pruning["reselected"], "config": pruning["config"].to_dict(),
-                    "predicted_latency": pruning.get("predicted_latency"), "latency_table": pruning.get("latency_table")},
+                    "reselected": pruning["reselected"], "one_pass": cli.one_pass,
+                    "config": pruning["config"].to_dict(), "predicted_latency": pruning.get("predicted_latency"),
+                    "latency_table": pruning.get("latency_table")},
         "before": before,
         "after": after,
         "latency": {"batch_size": cli.latency_batch_size, "seq_len": seq_len, "repeats": cli.latency_repeats,

@@ -77,8 +77,8 @@ class MomentCollector:
         self.model, self.layout = model, layout or get_layout(model)
         shapes = [None if i in skip else layer_shape(layer, self.layout)
                   for i, layer in enumerate(get_layers(model, self.layout))]
-        self.o = [None if s is None else _zero_moment(s.heads * s.head_dim) for s in shapes]
-        self.down = [None if s is None else _zero_moment(s.ffn) for s in shapes]
+        self.o = [None if s is None else zero_moment(s.heads * s.head_dim) for s in shapes]
+        self.down = [None if s is None else zero_moment(s.ffn) for s in shapes]
         self.forwards = 0  # calls of the model while collecting
         self._inputs: dict = {}  # keyword inputs of the current forward: the padding masks
         self._handles: list = []
@@ -124,8 +124,9 @@ class MomentCollector:
         return o_moments, down_moments
 
 
-def _zero_moment(width: int) -> torch.Tensor:
-    return torch.zeros(width + 1, width + 1, dtype=torch.float64)
+def zero_moment(width: int, device=None) -> torch.Tensor:
+    """An empty float64 store for [X 1]^T [X 1] of inputs of `width` features: (width + 1, width + 1)."""
+    return torch.zeros(width + 1, width + 1, dtype=torch.float64, device=device)
 
 
 def _input_second_moments(model: nn.Module, layout: Layout, batches: Iterable,

@@ -64,7 +64,7 @@ from ..utils import (
     write_tensor,
 )
 from .least_squares import least_squares_scales, reconstruct_weights, unit_gram
-from .moments import accumulate_moment, removed_layers
+from .moments import accumulate_moment, removed_layers, zero_moment
 
 RECONSTRUCT = ("scales", "weights")
 DEFAULT_RIDGE = {"scales": 1e-6, "weights": 1e-4}
@@ -333,8 +333,7 @@ def _run_layer(layer, index: int, layout: Layout, captured: Captured, device, *,
 
 def _empty_moment(layer, layout, kind: str, device) -> torch.Tensor:
     s = layer_shape(layer, layout)
-    size = (s.heads * s.head_dim if kind == "o" else s.ffn) + 1
-    return torch.zeros(size, size, dtype=torch.float64, device=device)
+    return zero_moment(s.heads * s.head_dim if kind == "o" else s.ffn, device)
 
 
 # ----------------------------------------------------------------------------- one layer's solve
