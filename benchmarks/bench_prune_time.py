@@ -6,8 +6,10 @@ sentences (truncated to 64 tokens, batches of 32 padded to their longest sentenc
 layer-by-layer weight recovery (dense mode), with and without re-selection (`reselect_units`). Timed after
 tokenisation; every configuration `--repeats` times (medians per stage), each on a fresh copy of the dense model.
 Stages come from `RetrainFreeResult.seconds`: scoring, plan, recovery (capture of layer 0's inputs, statistics =
-layer forwards + second moments, re-selection, solves), total. `--sorted` batches the sentences by length (less
-padding; the scores then sum over other batches, so the plan can differ slightly).
+layer forwards + second moments, re-selection, solves), total. Gradient scoring runs each batch as length-sorted
+pieces (`hf_prune.importance.padding`, the same scores); a last row runs the one-pass configuration with re-selection
+on whole batches, as before. `--sorted` batches the sentences by length (less padding; the scores then sum over
+other batches, so the plan can differ slightly).
 
     .venv/bin/python benchmarks/bench_prune_time.py --quick   # smoke run, writes under cache/quick
     .venv/bin/python benchmarks/bench_prune_time.py           # -> results/prune_time.json
@@ -20,6 +22,7 @@ import copy
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,6 +35,7 @@ from batching import batches, collate, eval_batches  # noqa: E402
 from bench_accuracy import SEQ_LEN, accuracy, dense_model, tokenize  # noqa: E402
 from provenance import OtherLoad, command_line, machine_info, minilm_label, now_utc, wait_for_quiet  # noqa: E402
 
+import hf_prune.importance.padding as padding  # noqa: E402
 from hf_prune import PruningConfig, count_flops, prune_retrain_free  # noqa: E402
 from hf_prune.serialization.atomic import atomic_write_json  # noqa: E402
 from hf_prune_assets import minilm_dir, movie_reviews  # noqa: E402
@@ -46,10 +50,21 @@ def calibration(examples, size: int, sort: bool) -> list[dict]:
     return batches(examples, size)
 
 
-def one_run(dense, calib, reselect: bool, one_pass: bool) -> tuple[object, dict]:
+@contextmanager
+def whole_batches(on: bool):
+    """With `on`, gradient scoring runs every batch whole (as before hf_prune.importance.padding existed)."""
+    saved = padding.PIECE_OVERHEAD_TOKENS
+    padding.PIECE_OVERHEAD_TOKENS = 10 ** 12 if on else saved
+    try:
+        yield
+    finally:
+        padding.PIECE_OVERHEAD_TOKENS = saved
+
+
+def one_run(dense, calib, reselect: bool, one_pass: bool, whole: bool = False) -> tuple[object, dict]:
     model = copy.deepcopy(dense)
     config = PruningConfig(flops_reduction=0.5, flops_seq_len=SEQ_LEN, importance="fisher", reselect=reselect)
-    with OtherLoad() as load:
+    with OtherLoad() as load, whole_batches(whole):
         start = time.perf_counter()
         result = prune_retrain_free(model, calib, config, one_pass=one_pass)
         wall = time.perf_counter() - start
@@ -110,6 +125,8 @@ def main(argv=None):
                                                         "its longest sentence"),
                 "real_tokens": sum(int(b["attention_mask"].sum()) for b in calib),
                 "padded_tokens": sum(int(b["attention_mask"].numel()) for b in calib),
+                "scored_tokens": sum(int(p["attention_mask"].numel()) for b in calib
+                                     for p, _ in padding.split_by_length(b)),
                 "tokenise_s": tokenise_s,
                 "pipeline": "prune_retrain_free(model, batches, PruningConfig(flops_reduction=0.5, flops_seq_len=64, "
                             "importance='fisher', reselect=...), one_pass=...), mode='dense' (weight recovery; "
@@ -119,18 +136,20 @@ def main(argv=None):
         }
         atomic_write_json(args.results / "prune_time.json", out)
 
-    for reselect, one_pass in ((False, False), (True, False), (False, True), (True, True)):
+    # the last row: the issue's configuration with every batch scored whole, as before length-sorted pieces
+    for reselect, one_pass, whole in ((False, False, False), (True, False, False), (False, True, False),
+                                      (True, True, False), (True, True, True)):
         runs = []
         model = None
         for _ in range(args.repeats):
-            model, run = one_run(dense, calib, reselect, one_pass)
+            model, run = one_run(dense, calib, reselect, one_pass, whole)
             runs.append(run)
-            print(f"reselect={reselect}, one_pass={one_pass}: {run['stages']['total_s']:.2f} s "
+            print(f"reselect={reselect}, one_pass={one_pass}, whole_batches={whole}: {run['stages']['total_s']:.2f} s "
                   f"({', '.join(f'{k} {v:.2f}' for k, v in run['stages'].items())}); other load "
                   f"{run['other_load_cores']}", flush=True)
         keys = set.intersection(*(set(r["stages"]) for r in runs))
         medians = {k: statistics.median(r["stages"][k] for r in runs) for k in keys}
-        rows.append({"reselect": reselect, "one_pass": one_pass, "median_s": medians, "runs": runs,
+        rows.append({"reselect": reselect, "one_pass": one_pass, "whole_batches": whole, "median_s": medians, "runs": runs,
                      "accuracy": accuracy(model, val_b), "flops_reduction_actual": 1 - count_flops(model, seq_len=SEQ_LEN)
                      / dense_flops, "within_target": medians["total_s"] <= TARGET_S})
         save()

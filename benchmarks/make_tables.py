@@ -497,12 +497,16 @@ def prune_time() -> str:
         m = r["median_s"]
         verdict = "PASS" if m["total_s"] <= d["target_s"] else "MISS"
         path = ("with re-selection" if r["reselect"] else "without re-selection") + (
-            ", `one_pass=True` (statistics during scoring)" if r.get("one_pass") else ", layer by layer")
+            ", `one_pass=True` (statistics during scoring)" if r.get("one_pass") else ", layer by layer") + (
+            ", every batch scored whole (as before length-sorted pieces)" if r.get("whole_batches") else "")
         body.append([path, *[f"{m[k]:.1f}" for k, _ in stages], f"{r['accuracy']:.3f}", f"**{verdict}**"])
     load_cores = max(run["other_load_cores"] for r in d["rows"] for run in r["runs"])
     return (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}; other load at most "
             f"{load_cores:.2f} cores). Medians of {len(d['rows'][0]['runs'])} runs, seconds after tokenisation; "
-            f"target ≤ {d['target_s']:.0f} s. Dense accuracy {d['dense']['accuracy']:.3f} on "
+            f"target ≤ {d['target_s']:.0f} s. Calibration: {d['setup']['real_tokens']:,} real tokens in batches "
+            f"of {d['setup']['padded_tokens']:,} padded ones"
+            + (f", scored as length-sorted pieces of {d['setup']['scored_tokens']:,}" if "scored_tokens" in d["setup"]
+               else "") + f". Dense accuracy {d['dense']['accuracy']:.3f} on "
             f"{d['dense']['validation_sentences']} validation sentences.\n\n"
             + table(["path", *[name for _, name in stages], "accuracy", "≤ target"], body))
 

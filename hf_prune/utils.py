@@ -92,6 +92,14 @@ def prepare_batch(batch, device: torch.device) -> dict:
     return out
 
 
+def batch_rows(batch: Mapping) -> int:
+    """Samples in a batch dict: the rows of its input_ids, else of its first tensor (0 without tensors)."""
+    value = batch.get("input_ids")
+    if not isinstance(value, torch.Tensor):
+        value = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return int(value.shape[0]) if value is not None and value.dim() > 0 else 0
+
+
 def input_device(model: nn.Module) -> torch.device:
     """Where a model's inputs go: its input embeddings' device (the first device of a `device_map` model).
 

@@ -6,6 +6,7 @@ A new estimator is one function here and one line in `ESTIMATORS`.
 
 - ``gradient``: mean over batches of |dL/dg| for a gate g multiplying the unit's output (Michel et al. 2019).
 - ``fisher``: sum over batches of (dL/dg)^2 (Kwon et al. 2022).
+  (Both take each batch's dL/dg from length-sorted pieces with less padding where that is exact: `padding.py`.)
 - ``taylor``: |sum over the unit's weights of w * dL/dw| with dL/dw summed over all batches (first-order
   Taylor, as TextPruner), accumulated per unit from activations (see `taylor_scores`).
 - ``l1`` / ``l2``: L1 / L2 norm of the unit's weights (no data needed).
@@ -26,10 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..architecture.gates import attach_gates
-from ..architecture.layouts import Layout, get_layers, get_submodule
+from ..architecture.layouts import Layout, get_layers, get_stacks, get_submodule
 from ..architecture.shapes import LayerShape
 from ..architecture.stacks import mask_name
 from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch
+from .padding import split_by_length
 from .units import unit_columns, unit_rows, unit_sums
 
 
@@ -163,8 +165,15 @@ def _gate_gradients(run: ScoringRun, transform: Callable[[torch.Tensor], torch.T
     with frozen_except(run.model, []), attach_gates(run.model, requires_grad=True) as gates:
         wrt = gates.heads + gates.neurons
         sums = [torch.zeros_like(g, dtype=torch.float64 if g.device.type != "mps" else torch.float32) for g in wrt]
+        split = not run.label_free and isinstance(run.model, nn.Module) and get_stacks(run.model) is None
         for batch in run.iterate():
-            grads = torch.autograd.grad(model_loss(run.model, batch, run.label_free), wrt, allow_unused=True)
+            grads: list = [None] * len(wrt)  # the batch's dL/dg, summed over its pieces
+            for piece, weight in (split_by_length(batch) if split else [(batch, 1.0)]):
+                loss = model_loss(run.model, piece, run.label_free)
+                for k, g in enumerate(torch.autograd.grad(loss * weight if weight != 1.0 else loss, wrt,
+                                                          allow_unused=True)):
+                    if g is not None:
+                        grads[k] = g if grads[k] is None else grads[k] + g
             for total, g in zip(sums, grads):
                 if g is not None:
                     total += transform(g.to(total.dtype))

@@ -33,7 +33,7 @@ from ..planning.plan import PruningPlan
 from ..recovery.moments import MomentCollector
 from ..recovery.streaming import StreamingResult, model_digest, stream_recover
 from ..training.config import PruningConfig
-from ..utils import is_main_process, prepare_batch
+from ..utils import batch_rows, is_main_process, prepare_batch
 
 
 def make_plan(scores, model: nn.Module, config: PruningConfig, latency_table=None) -> PruningPlan:
@@ -108,17 +108,19 @@ class RetrainFreeResult:
                 "streaming": self.streaming.to_dict() if self.streaming is not None else None}
 
 
-def _data_digest(batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
+def _data_digest(batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[str, int, int]:
+    """(sha256 of the batches' tensors, number of batches, number of samples)."""
+    h, n, rows = hashlib.sha256(), 0, 0
     for batch in batches:
         batch = prepare_batch(batch, torch.device("cpu"))
+        rows += batch_rows(batch)
         for key in sorted(batch):
             value = batch[key]
             if isinstance(value, torch.Tensor):
                 h.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
                 h.update(value.contiguous().view(torch.uint8).numpy().tobytes())
         n += 1
-    return h.hexdigest(), n
+    return h.hexdigest(), n, rows
 
 
 def _check_batches(batches) -> None:
@@ -195,7 +197,7 @@ def prune_retrain_free(
         config.layers_to_remove(dense_layer_count(model))  # removing every layer -> ValueError
     seconds: dict = {}
     start = time.perf_counter()
-    digest, n_batches = _data_digest(calibration_batches)
+    digest, n_batches, n_rows = _data_digest(calibration_batches)
     if n_batches == 0:
         raise ValueError("the calibration dataloader is empty: retrain-free pruning needs at least one batch")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -234,7 +236,7 @@ def prune_retrain_free(
     result.removed_layers = sorted(removed + original_layer_indices(model, plan.layers))
     t = time.perf_counter()
     if config.mask_tuning and one_pass:
-        result.plan = _recover_with_moments(model, plan, calibration_batches, config, collector, n_batches, seconds)
+        result.plan = _recover_with_moments(model, plan, calibration_batches, config, collector, n_rows, seconds)
         result.reselected, result.recovery = config.reconstruct == "weights" and config.reselect, config.reconstruct
     elif config.mask_tuning:
         reselect = config.reconstruct == "weights" and config.reselect
@@ -273,7 +275,7 @@ def _retrain_free_stacks(model: nn.Module, batches, config: PruningConfig, *, mo
         raise ValueError("the config removes nothing: set a target (flops_reduction, params_reduction, head_sparsity / "
                          "ffn_sparsity)")
     seconds, start = {}, time.perf_counter()
-    _, n_batches = _data_digest(batches)
+    _, _, n_rows = _data_digest(batches)
     with (MomentCollector(FlatView(model)) if config.mask_tuning else nullcontext()) as collector:
         scores = compute_importance(model, batches, method=config.importance, label_free=config.label_free, seed=seed)
     seconds["scoring_s"] = time.perf_counter() - start
@@ -283,7 +285,7 @@ def _retrain_free_stacks(model: nn.Module, batches, config: PruningConfig, *, mo
     result = RetrainFreeResult(plan, scores=scores)
     t = time.perf_counter()
     if config.mask_tuning:
-        result.plan = _recover_with_moments(model, plan, batches, config, collector, n_batches, seconds)
+        result.plan = _recover_with_moments(model, plan, batches, config, collector, n_rows, seconds)
         result.reselected = config.reconstruct == "weights" and config.reselect
         result.recovery = config.reconstruct
     else:
@@ -295,16 +297,17 @@ def _retrain_free_stacks(model: nn.Module, batches, config: PruningConfig, *, mo
 
 
 def _recover_with_moments(model: nn.Module, plan: PruningPlan, batches, config: PruningConfig,
-                          collector: MomentCollector, n_batches: int, seconds: dict) -> PruningPlan:
-    """Recovery holding every layer's statistics: those the scoring pass collected when it ran the model exactly
-    once per batch (gradient and activation scores), else a pass of their own (weight norms, random). Re-selects
-    when the config asks, prunes, solves; returns the plan applied."""
+                          collector: MomentCollector, n_rows: int, seconds: dict) -> PruningPlan:
+    """Recovery holding every layer's statistics: those the scoring pass collected when it ran the model on every
+    calibration sample exactly once (gradient and activation scores; `n_rows` samples in all, a batch possibly in
+    pieces), else a pass of their own (weight norms, random). Re-selects when the config asks, prunes, solves;
+    returns the plan applied."""
     from ..recovery.mask_tuning import apply_mask_tuning
     from ..recovery.moments import calibration_moments
     from ..recovery.reselect import reselect_units
 
     t = time.perf_counter()
-    moments = collector.result() if collector.forwards == n_batches else calibration_moments(model, batches)
+    moments = collector.result() if collector.rows == n_rows else calibration_moments(model, batches)
     seconds["recovery_statistics_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if config.reconstruct == "weights" and config.reselect:

@@ -20,7 +20,7 @@ from ..architecture.layouts import Layout, get_layers, get_layout, get_stacks, g
 from ..architecture.shapes import layer_shape
 from ..architecture.stacks import FlatView, mask_name
 from ..surgery.depth import validate_layer_request
-from ..utils import all_reduce, eval_mode, input_device, is_main_process, prepare_batch, take
+from ..utils import all_reduce, batch_rows, eval_mode, input_device, is_main_process, prepare_batch, take
 
 
 def removed_layers(plan, model: nn.Module) -> list[int]:
@@ -79,11 +79,13 @@ class MomentCollector:
                   for i, layer in enumerate(get_layers(model, self.layout))]
         self.o = [None if s is None else zero_moment(s.heads * s.head_dim) for s in shapes]
         self.down = [None if s is None else zero_moment(s.ffn) for s in shapes]
-        self.forwards = 0  # calls of the model while collecting
+        self.rows = 0  # samples the model ran on while collecting (a batch run in pieces counts once)
         self._inputs: dict = {}  # keyword inputs of the current forward: the padding masks
         self._handles: list = []
 
-    def _hook_for(self, store: list, i: int):
+    def _hook_for(self, kind: str, i: int):
+        store = getattr(self, kind)
+
         def hook(module, args):
             name = mask_name(self.model, i)  # a FlatView entry: its stack's own mask
             mask = self._inputs.get(name) if name else None
@@ -95,7 +97,7 @@ class MomentCollector:
 
     def _on_forward(self, module, args, kwargs):
         self._inputs = kwargs
-        self.forwards += 1
+        self.rows += batch_rows(kwargs) or (batch_rows({"input_ids": args[0]}) if args else 0)
 
     def __enter__(self) -> MomentCollector:
         root = self.model if isinstance(self.model, nn.Module) else self.model.model  # a FlatView: its model
@@ -103,9 +105,9 @@ class MomentCollector:
         for i, layer in enumerate(get_layers(self.model, self.layout)):
             if self.o[i] is not None:
                 self._handles.append(get_submodule(layer, self.layout.o).register_forward_pre_hook(
-                    self._hook_for(self.o, i)))
+                    self._hook_for("o", i)))
                 self._handles.append(get_submodule(layer, self.layout.down).register_forward_pre_hook(
-                    self._hook_for(self.down, i)))
+                    self._hook_for("down", i)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -116,7 +118,7 @@ class MomentCollector:
     def result(self) -> tuple[list, list]:
         """(o_moments, down_moments) summed over every process; ValueError when no forward ran anywhere."""
         collected = [m for m in self.o + self.down if m is not None]
-        reduced = iter(all_reduce(collected + [torch.tensor([float(self.forwards)], dtype=torch.float64)]))
+        reduced = iter(all_reduce(collected + [torch.tensor([float(self.rows)], dtype=torch.float64)]))
         o_moments = [None if m is None else next(reduced) for m in self.o]  # same order as `collected`
         down_moments = [None if m is None else next(reduced) for m in self.down]
         if next(reduced).item() == 0:
