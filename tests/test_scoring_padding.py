@@ -1,16 +1,16 @@
 """Gradient scoring runs a padded batch as length-sorted pieces (hf_prune/importance/padding.py): the same scores,
 fewer padded tokens, and only where that is exact."""
 
-import copy
 
 import pytest
 import torch
+from test_streaming import one_pass_and_layer_by_layer
+from tiny_models import VOCAB, make_model
 
 import hf_prune.importance.padding as padding
 import hf_prune.recovery.moments as moments
-from hf_prune import PruningConfig, compute_importance, prune_retrain_free
+from hf_prune import PruningConfig, compute_importance
 from hf_prune.importance.padding import piece_bounds, split_by_length
-from tiny_models import VOCAB, make_model
 
 LENGTHS = [3, 10, 5, 10, 2, 7, 10, 4]
 
@@ -100,12 +100,7 @@ def test_one_pass_takes_its_statistics_from_the_pieces(monkeypatch):
     model = make_model("bert")
     data = [right_padded(seed=s) for s in range(3)]
     config = PruningConfig(flops_reduction=0.4, flops_seq_len=10, importance="fisher")
-    streamed = copy.deepcopy(model)
-    expected = prune_retrain_free(streamed, data, config)
-    separate_passes = []
-    own_pass = moments.calibration_moments
-    monkeypatch.setattr(moments, "calibration_moments", lambda *a, **k: separate_passes.append(1) or own_pass(*a, **k))
-    result = prune_retrain_free(model, data, config, one_pass=True)
+    streamed, expected, result, separate_passes = one_pass_and_layer_by_layer(model, data, config, monkeypatch)
     assert separate_passes == []
     assert result.plan.heads == expected.plan.heads and result.plan.neurons == expected.plan.neurons
     with torch.no_grad():  # the same model up to rounding (the solves of this tiny data amplify it in the weights)

@@ -246,22 +246,29 @@ def test_pipeline_equals_scores_plan_reselect_and_one_pass_recovery():
     assert json.loads(json.dumps(result.to_dict()))["plan"]["heads"] == {str(k): v for k, v in plan.heads.items()}
 
 
-@pytest.mark.parametrize("family,importance", [("bert", "fisher"), ("llama", "fisher"), ("llama", "activation"),
-                                               ("gpt2", "l2")])
-def test_one_pass_equals_the_layer_by_layer_pipeline(family, importance, monkeypatch):
-    """one_pass=True collects the statistics during scoring (fisher, activation) or in a pass of their own (l2, which
-    runs no forward): the same plan and weights as the layer-by-layer path, and no hooks left behind."""
+def one_pass_and_layer_by_layer(model, data, config, monkeypatch):
+    """Prune a copy layer by layer and `model` with one_pass=True: (copy, its result, model's result, one entry per
+    statistics pass `calibration_moments` ran of its own during the one-pass call)."""
     import hf_prune.recovery.moments as moments
 
-    model = make_model(family)
-    data = [dict(b, labels=b["input_ids"] if family != "bert" else torch.tensor([0, 1, 2, 0])) for b in _batches()]
-    config = PruningConfig(flops_reduction=0.4, flops_seq_len=10, importance=importance)
     streamed = copy.deepcopy(model)
     expected = prune_retrain_free(streamed, data, config)
     separate_passes = []
     own_pass = moments.calibration_moments
     monkeypatch.setattr(moments, "calibration_moments", lambda *a, **k: separate_passes.append(1) or own_pass(*a, **k))
-    result = prune_retrain_free(model, data, config, one_pass=True)
+    return streamed, expected, prune_retrain_free(model, data, config, one_pass=True), separate_passes
+
+
+@pytest.mark.parametrize("family,importance", [("bert", "fisher"), ("llama", "fisher"), ("llama", "activation"),
+                                               ("gpt2", "l2")])
+def test_one_pass_equals_the_layer_by_layer_pipeline(family, importance, monkeypatch):
+    """one_pass=True collects the statistics during scoring (fisher, activation) or in a pass of their own (l2, which
+    runs no forward): the same plan and weights as the layer-by-layer path, and no hooks left behind."""
+
+    model = make_model(family)
+    data = [dict(b, labels=b["input_ids"] if family != "bert" else torch.tensor([0, 1, 2, 0])) for b in _batches()]
+    config = PruningConfig(flops_reduction=0.4, flops_seq_len=10, importance=importance)
+    streamed, expected, result, separate_passes = one_pass_and_layer_by_layer(model, data, config, monkeypatch)
     assert len(separate_passes) == (importance == "l2")  # scores from a forward pass bring the statistics along
     assert result.plan.heads == expected.plan.heads and result.plan.neurons == expected.plan.neurons
     assert result.reselected and result.streaming is None
