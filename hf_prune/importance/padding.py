@@ -61,9 +61,9 @@ def split_by_length(batch: Mapping, overhead: int | None = None) -> list[tuple[d
     total = int(counted.sum())
     if total == 0:
         return whole
-    lengths = real.sum(1)  # (B,)
-    order = torch.sort(lengths.cpu(), descending=True, stable=True).indices  # (B,)
-    sorted_lengths = lengths.cpu()[order].tolist()
+    lengths = real.sum(1).cpu()  # (B,)
+    order = torch.sort(lengths, descending=True, stable=True).indices  # (B,)
+    sorted_lengths = lengths[order].tolist()
     bounds = piece_bounds(sorted_lengths, overhead)
     if len(bounds) == 1 and sorted_lengths[0] == width:
         return whole

@@ -83,9 +83,7 @@ class MomentCollector:
         self._inputs: dict = {}  # keyword inputs of the current forward: the padding masks
         self._handles: list = []
 
-    def _hook_for(self, kind: str, i: int):
-        store = getattr(self, kind)
-
+    def _hook_for(self, store: list, i: int):
         def hook(module, args):
             name = mask_name(self.model, i)  # a FlatView entry: its stack's own mask
             mask = self._inputs.get(name) if name else None
@@ -105,9 +103,9 @@ class MomentCollector:
         for i, layer in enumerate(get_layers(self.model, self.layout)):
             if self.o[i] is not None:
                 self._handles.append(get_submodule(layer, self.layout.o).register_forward_pre_hook(
-                    self._hook_for("o", i)))
+                    self._hook_for(self.o, i)))
                 self._handles.append(get_submodule(layer, self.layout.down).register_forward_pre_hook(
-                    self._hook_for("down", i)))
+                    self._hook_for(self.down, i)))
         return self
 
     def __exit__(self, *exc) -> None:
