@@ -16,7 +16,9 @@ Modes.
   same fraction of heads and FFN neurons from every layer (`plan_from_sparsity(scope="layer")`), which
   removes that fraction of the layer FLOPs. One scoring per (method, slice) serves every budget.
 - ``fine-tuned``: `HeadPruningCallback(flops_reduction=r, importance=...)` inside `DistillationTrainer`
-  (teacher: the dense fine-tuned model), at most one epoch, from the dense fine-tuned model.
+  (teacher: the dense fine-tuned model), at most one epoch, from the dense fine-tuned model. l2, activation and
+  random remove the fraction r of heads and neurons from every layer instead (as retrain-free); activation scores
+  on calibration slice 0; random draws with the training seed.
 
 FLOPs: `hf_prune.count_flops` (transformer layers only) at seq_len 64. Reported `flops_reduction` is the
 nominal budget; `flops_reduction_actual` the measured one of the pruned model.
@@ -64,6 +66,7 @@ from hf_prune import (  # noqa: E402
 )
 from hf_prune.architecture.shapes import layer_shapes  # noqa: E402
 from hf_prune.cli.report import write_figure  # noqa: E402
+from hf_prune.importance.estimators import DATA_METHODS  # noqa: E402  (activation: scored on calibration batches)
 from hf_prune.serialization.atomic import atomic_write_json  # noqa: E402
 from hf_prune.serialization.saving import save_pruned  # noqa: E402
 from hf_prune_assets import minilm_dir, movie_reviews  # noqa: E402
@@ -144,6 +147,27 @@ def run_key(method, mode, reduction, rep):
     return f"{method}|{mode}|{reduction:.2f}|{rep}"
 
 
+def restore_runs(runs: dict, results: Path) -> list[str]:
+    """Add the runs behind results/accuracy.json's own rows (not the peers') for every (method, mode, budget) that
+    `runs` lacks: the run cache is not in git, the results file is, so a fresh checkout keeps what it reports.
+    Only rows measured against the same dense accuracy are taken. Returns the run keys added."""
+    if not results.exists():
+        return []
+    have = {(r["method"], r["mode"], round(r["flops_reduction"], 2)) for k, r in runs.items() if k != "dense"}
+    added = []
+    for row in json.loads(results.read_text())["rows"]:
+        group = (row["method"], row["mode"], round(row["flops_reduction"], 2))
+        if row.get("source") or group in have or row["dense_metric"] != runs["dense"]["accuracy"]:
+            continue
+        for rep, acc in zip(row.get("reps", range(row["runs"])), row["metric_runs"]):
+            key = run_key(row["method"], row["mode"], row["flops_reduction"], rep)
+            runs[key] = {"method": row["method"], "mode": row["mode"], "flops_reduction": row["flops_reduction"],
+                         "rep": rep, "accuracy": acc, "flops_reduction_actual": row["flops_reduction_actual"],
+                         "restored_from": str(results.name)}
+            added.append(key)
+    return added
+
+
 def base_method(name: str) -> tuple[str, dict]:
     """'fisher' or a variant like 'fisher+cal1024' / 'fisher+labelfree' / 'fisher+weights' -> (method, options)."""
     method, *tags = name.split("+")
@@ -214,6 +238,14 @@ def retrain_free(args, dense, train, val_b, runs, save):
                 save()
 
 
+def fine_tuned_budget(method: str, reduction: float) -> dict:
+    """The callback's budget: the joint FLOPs search for gradient scores; for l2, activation and random, which
+    cannot compare heads with neurons, the same fraction of heads and neurons in every layer (as retrain-free)."""
+    if method in GRADIENT_METHODS:
+        return {"flops_reduction": reduction}
+    return {"head_sparsity": reduction, "ffn_sparsity": reduction, "pruning_scope": "layer"}
+
+
 def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
@@ -228,9 +260,11 @@ def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
                     continue
                 model = copy.deepcopy(dense).train()
                 steps = args.ft_steps
+                importance = base_method(method)[0]
                 callback = HeadPruningCallback(
-                    flops_reduction=r, importance=base_method(method)[0], start_step=args.ft_start, end_step=args.ft_end,
-                    num_events=args.ft_events, schedule="cubic", seq_len=SEQ_LEN)
+                    **fine_tuned_budget(importance, r), importance=importance, start_step=args.ft_start,
+                    end_step=args.ft_end, num_events=args.ft_events, schedule="cubic", seq_len=SEQ_LEN, seed=seed,
+                    calibration_dataloader=batches(train[:args.calib_size], 32) if importance in DATA_METHODS else None)
                 targs = TrainingArguments(
                     output_dir=str(args.cache / "ft-work"), max_steps=steps, per_device_train_batch_size=32,
                     learning_rate=args.ft_lr, warmup_steps=10, lr_scheduler_type="linear", weight_decay=0.01,
@@ -264,7 +298,8 @@ def aggregate(runs: dict, dense_acc: float) -> list[dict]:
         groups.setdefault((run["method"], run["mode"], run["flops_reduction"]), []).append(run)
     rows = []
     for (method, mode, r), group in sorted(groups.items()):
-        accs = [g["accuracy"] for g in sorted(group, key=lambda g: g["rep"])]
+        group = sorted(group, key=lambda g: g["rep"])
+        accs = [g["accuracy"] for g in group]
         rows.append({
             "model": "sentence-transformers/all-MiniLM-L6-v2 (fine-tuned 1 epoch)",
             "task": "movie-reviews (rotten tomatoes sentences)",
@@ -272,7 +307,7 @@ def aggregate(runs: dict, dense_acc: float) -> list[dict]:
             "flops_reduction_actual": statistics.mean(g["flops_reduction_actual"] for g in group),
             "metric_name": "accuracy", "metric": statistics.mean(accs),
             "metric_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "runs": len(accs),
-            "metric_runs": accs, "dense_metric": dense_acc,
+            "metric_runs": accs, "reps": [g["rep"] for g in group], "dense_metric": dense_acc,
             "delta_points": 100 * (statistics.mean(accs) - dense_acc),
             "repeat_over": "calibration slices" if mode == "retrain-free" else "training seeds",
         })
@@ -380,6 +415,10 @@ def main(argv=None):
         runs["dense"] = {"accuracy": accuracy(dense, val_b), "seconds_eval": time.time() - t0}
         atomic_write_json(runs_path, runs)
     dense_acc = runs["dense"]["accuracy"]
+    restored = restore_runs(runs, args.results / "accuracy.json")
+    if restored:
+        atomic_write_json(runs_path, runs)
+        print(f"restored {len(restored)} runs from {args.results / 'accuracy.json'} (the run cache lacked them)")
     print(f"dense accuracy {dense_acc:.4f} (eval {runs['dense']['seconds_eval']:.1f} s); "
           f"layer FLOPs at seq {SEQ_LEN}: {count_flops(dense, seq_len=SEQ_LEN):.4g}")
 

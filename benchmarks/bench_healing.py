@@ -26,7 +26,8 @@ Resuming: every run lives in `<cache>/healing/<run>/`: the pruned starting model
 reloaded with `load_pruned`, so a rerun never prunes again), the Trainer's checkpoint (every `--eval-every` steps,
 only the last one kept; a checkpoint whose trainer_state.json is missing or unreadable was cut short and is removed),
 `progress.json` (the perplexity history so far) and, once the run is done, `result.json`, which is its cache: a
-finished run is never recomputed (its checkpoint, about 1.6 GB, is deleted then). Killed at any moment, a rerun of
+finished run is never recomputed (its checkpoint, about 1.6 GB, is deleted then; a fresh checkout, without the
+cache, restores the finished runs from results/healing.json). Killed at any moment, a rerun of
 the same command resumes each run from its last checkpoint (a gradual run is first shrunk to the checkpoint's
 shapes, `resize_to_checkpoint`) and gives the history an uninterrupted run gives. A run directory written with other
 settings (--quick's included) is refused: delete it. `--stop-after STEP` ends the invocation once a run reaches STEP
@@ -159,6 +160,21 @@ def finished_runs(cache: Path, setting: dict) -> dict[str, dict]:
         if record is not None and record.get("setting") == setting:
             finished[name] = record
     return finished
+
+
+def restore_finished(results: Path, cache: Path, setting: dict) -> list[str]:
+    """Copy every run of `results` (healing.json) run with `setting` into `cache` where the cache lacks it.
+
+    The cache is not in git; the results file is. A fresh checkout thereby keeps the finished runs, and the rewritten
+    results file does not lose them. Returns the names restored."""
+    restored = []
+    for record in (read_json(results) or {}).get("runs", []):
+        path = cache / record["run"] / "result.json"
+        if record.get("setting") == setting and read_json(path) is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, record)
+            restored.append(record["run"])
+    return restored
 
 
 def last_checkpoint(folder: Path) -> tuple[Path | None, int]:
@@ -497,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     setting = {"recipe": setup["recipe"], "window": args.window, "eval_windows": args.eval_windows,
                "calibration_windows": args.calib_windows, "layers": args.layers, "train_windows": args.train_windows}
     cache = args.cache / "healing"
+    restored = restore_finished(args.results / "healing.json", cache, setting)
+    if restored:
+        print(f"restored from {args.results / 'healing.json'}: {', '.join(restored)}", flush=True)
     command = command_line("benchmarks/bench_healing.py", argv)
     bench = None
     for name in args.runs:

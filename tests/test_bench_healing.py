@@ -119,3 +119,19 @@ def test_table_without_results_says_how_to_record_them(tmp_path, monkeypatch):
     monkeypatch.setattr(make_tables, "RESULTS", tmp_path)
     text = make_tables.healing()
     assert "bench_healing.py" in text and "|" not in text
+
+
+def test_a_fresh_cache_restores_the_finished_runs_from_the_results_json(uninterrupted, tmp_path):
+    cache, results = uninterrupted
+    finished = bench_healing.finished_runs(cache, SETTING)
+    args = SimpleNamespace(layers=2, window=16, eval_windows=4, train_windows=24, calib_windows=2)
+    bench_healing.write_results(finished, bench_healing.describe(args, RECIPE), tmp_path, "cmd", 1)
+    fresh = tmp_path / "fresh-cache"
+    other = {**SETTING, "window": 32}
+    assert bench_healing.restore_finished(tmp_path / "healing.json", fresh, other) == []  # other settings: not taken
+    assert bench_healing.restore_finished(tmp_path / "healing.json", fresh, SETTING) == RUN_NAMES
+    assert bench_healing.finished_runs(fresh, SETTING) == finished
+    bench = make_bench(fresh)
+    assert bench_healing.train_run("oneshot-20", bench) == results["oneshot-20"]  # read back, not trained again
+    assert not (fresh / "oneshot-20" / "trainer").exists()
+    assert bench_healing.restore_finished(tmp_path / "healing.json", fresh, SETTING) == []  # nothing left to restore
