@@ -708,6 +708,27 @@ def depth_summary_rows() -> list[list[str]]:
     ]
 
 
+def healing_summary_rows() -> list[list[str]]:
+    """README row from benchmarks/results/healing.json: one-shot and gradual pruning healed, against the dense
+    model trained the same way (none until the file exists)."""
+    if not (RESULTS / "healing.json").exists():
+        return []
+    d = load("healing.json")
+    targets = sorted(d["targets"], key=lambda t: t["params_reduction"])
+    if not targets:
+        return []
+    shares = " / ".join(f"{t['params_reduction']:.0%}" for t in targets)
+    measured = " / ".join(f"x{t['ratio']:.2f}" for t in targets)
+    goals = " / ".join(f"x{t['target_ratio']:.2f}" for t in targets)
+    verdict = "met" if all(t["pass"] for t in targets) else "targets " + goals + " missed"
+    gradual = "".join(f"; gradual pruning ({g['gradual']}) x{g['gradual_perplexity'] / targets[0]['dense_reference']:.2f}"
+                      for g in d["gradual_vs_oneshot"])
+    steps, per_step = d["setup"]["recipe"]["steps"], d["setup"]["recipe"]["windows_per_step"] * d["setup"]["window"]
+    return [[f"SmolLM2-135M, {shares} of layer parameters removed, then healed by distillation ({steps} steps of "
+             f"{per_step:,} tokens)", f"perplexity {measured} of the dense model trained the same way ({verdict})"
+             f"{gradual}", "`healing.json`"]]
+
+
 def serving_summary_rows() -> list[list[str]]:
     """README rows from benchmarks/results/gguf.json, onnx.json and uniform.json."""
     g = load("gguf.json")
@@ -813,6 +834,7 @@ def readme_summary() -> str:
          "`importance_overhead.json`"],
         *depth_summary_rows(),
         *serving_summary_rows(),
+        *healing_summary_rows(),
     ]
     return table(["what", "result", "data (`benchmarks/results/`)"], rows, [" --- ", " --- ", " --- "])
 

@@ -113,12 +113,16 @@ def test_results_json_and_table(uninterrupted, tmp_path, monkeypatch):
     text = make_tables.healing()
     assert "| oneshot-20 |" in text and ("**PASS**" in text or "**MISS**" in text)
     assert f"{finished['dense']['final_perplexity']:.2f}" in text
+    [[what, result, data]] = make_tables.healing_summary_rows()
+    assert "20% of layer parameters removed" in what and f"x{target['ratio']:.2f}" in result
+    assert ("missed" in result) != target["pass"] and "gradual-20" in result and data == "`healing.json`"
 
 
 def test_table_without_results_says_how_to_record_them(tmp_path, monkeypatch):
     monkeypatch.setattr(make_tables, "RESULTS", tmp_path)
     text = make_tables.healing()
     assert "bench_healing.py" in text and "|" not in text
+    assert make_tables.healing_summary_rows() == []
 
 
 def test_a_fresh_cache_restores_the_finished_runs_from_the_results_json(uninterrupted, tmp_path):
