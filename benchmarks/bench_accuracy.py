@@ -163,7 +163,7 @@ def restore_runs(runs: dict, results: Path) -> list[str]:
             key = run_key(row["method"], row["mode"], row["flops_reduction"], rep)
             runs[key] = {"method": row["method"], "mode": row["mode"], "flops_reduction": row["flops_reduction"],
                          "rep": rep, "accuracy": acc, "flops_reduction_actual": row["flops_reduction_actual"],
-                         "restored_from": str(results.name)}
+                         "restored_from": results.name}
             added.append(key)
     return added
 

@@ -1,7 +1,6 @@
 """Gradient scoring runs a padded batch as length-sorted pieces (hf_prune/importance/padding.py): the same scores,
 fewer padded tokens, and only where that is exact."""
 
-
 import pytest
 import torch
 from test_streaming import one_pass_and_layer_by_layer

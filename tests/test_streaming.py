@@ -264,7 +264,6 @@ def one_pass_and_layer_by_layer(model, data, config, monkeypatch):
 def test_one_pass_equals_the_layer_by_layer_pipeline(family, importance, monkeypatch):
     """one_pass=True collects the statistics during scoring (fisher, activation) or in a pass of their own (l2, which
     runs no forward): the same plan and weights as the layer-by-layer path, and no hooks left behind."""
-
     model = make_model(family)
     data = [dict(b, labels=b["input_ids"] if family != "bert" else torch.tensor([0, 1, 2, 0])) for b in _batches()]
     config = PruningConfig(flops_reduction=0.4, flops_seq_len=10, importance=importance)
