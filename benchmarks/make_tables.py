@@ -667,7 +667,7 @@ def healing() -> str:
     gradual = "".join(f" Gradual pruning during the same steps ({g['gradual']}) ends at {g['gradual_perplexity']:.2f}, "
                       f"one-shot pruning then healing ({g['oneshot']}) at {g['oneshot_perplexity']:.2f} "
                       f"(x{g['ratio']:.3f})." for g in d["gradual_vs_oneshot"])
-    head = (f"Recorded by `{d['command']}` on {d['date'][:10]} ({machine_text(d['machine'])}). {setup['model']}; "
+    head = (f"Recorded by {run_commands(d)} on {d['date'][:10]} ({machine_text(d['machine'])}). {setup['model']}; "
             f"every run {recipe['steps']} steps of {recipe['windows_per_step']} x {setup['window']} training tokens, "
             f"AdamW lr {recipe['learning_rate']:g}, {recipe['warmup_steps']} warmup steps then {recipe['lr_scheduler']} "
             f"decay, distillation from the dense model (alpha {recipe['distill_alpha']:g}, T "
@@ -686,6 +686,56 @@ def healing() -> str:
                  + "; ".join(f"{name} {rule}" for name, rule in setup["targets"].items() if name in pending)
                  + "). Rerunning the command resumes them from their cached progress.")
     return text + ("\n\n" + gradual.strip() if gradual else "")
+
+
+def run_commands(d: dict) -> str:
+    """The distinct commands that recorded a healing JSON's runs, in run order (the file's own when none says)."""
+    commands = list(dict.fromkeys(r.get("command") or d["command"] for r in d["runs"])) or [d["command"]]
+    return ", ".join(f"`{c}`" for c in commands)
+
+
+def recipe_change(base: dict, other: dict) -> str:
+    """The recipe fields where `other` differs from `base`, in words: 'learning_rate 0.0002 (main: 5e-05)'."""
+    def text(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    changed = [f"{k} {text(other[k])} (main: {text(base.get(k))})" for k in other if other[k] != base.get(k)]
+    return ", ".join(changed) or "same recipe"
+
+
+def healing_variants() -> str:
+    """benchmarks/results/healing-<variant>/healing.json: the healing benchmark rerun with another recipe (its own
+    dense reference), next to the main recipe's runs."""
+    files = sorted(RESULTS.glob("healing-*/healing.json"))
+    if not files or not (RESULTS / "healing.json").exists():
+        return ("No other recipe recorded: `.venv/bin/python benchmarks/bench_healing.py --learning-rate LR --cache "
+                "benchmarks/cache/NAME --results benchmarks/results/healing-NAME` reruns the benchmark with another "
+                "recipe (and its own dense reference); then `.venv/bin/python benchmarks/make_tables.py`.")
+    main = load("healing.json")
+    main_runs = {r["run"]: r for r in main["runs"]}
+    main_dense = main_runs.get("dense")
+    targets = {t["run"]: t["target_ratio"] for t in main["targets"]}
+    body, notes = [], []
+    for path in files:
+        d = json.loads(path.read_text())
+        runs = {r["run"]: r for r in d["runs"]}
+        dense = runs.get("dense")
+        change = recipe_change(main["setup"]["recipe"], d["setup"]["recipe"])
+        notes.append(f"`{path.relative_to(RESULTS)}`: {run_commands(d)} on {d['date'][:10]}")
+        for name, r in runs.items():
+            ratio = r["final_perplexity"] / dense["final_perplexity"] if dense else None
+            before = main_runs.get(name)
+            before_text = "–"
+            if before and main_dense:
+                before_text = (f"{before['final_perplexity']:.2f} "
+                               f"(x{before['final_perplexity'] / main_dense['final_perplexity']:.3f})")
+            goal = targets.get(name)
+            verdict = "–" if goal is None or ratio is None else ("**PASS**" if ratio <= goal else "**MISS**")
+            body.append([change, name, f"{r['perplexity_start']:.2f}", f"{r['final_perplexity']:.2f}",
+                         f"x{ratio:.3f}" if ratio is not None else "– (no dense run yet)", before_text,
+                         f"x{goal:.2f}" if goal else "–", verdict])
+    return (table(["recipe change", "run", "step 0", "final", "final ÷ this recipe's dense", "main recipe: final "
+                   "(÷ dense)", "target", ""], body) + "\n\nRecorded by: " + "; ".join(notes) + ".")
 
 
 def depth_summary_rows() -> list[list[str]]:
@@ -889,6 +939,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "streaming": streaming,
     "recovery": recovery,
     "healing": healing,
+    "healing-variants": healing_variants,
     "onnx": onnx_table,
     "supported-model-types": supported_types,
 }
@@ -898,7 +949,7 @@ FILES: dict[Path, tuple[str, ...]] = {
                  "accuracy-fine-tuned", "perplexity", "perplexity-full-test", "speed-models", "peers-minilm",
                  "depth-setup", "depth", "depth-targets", "depth-minilm", "gguf-shapes", "gguf", "gguf-targets",
                  "onnx", "uniform", "prune-time", "reselect", "large-layer", "streaming", "recovery",
-                 "healing"),
+                 "healing", "healing-variants"),
     README_MD: ("supported-model-types", "results-at-a-glance"),
 }
 

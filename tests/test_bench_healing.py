@@ -139,3 +139,25 @@ def test_a_fresh_cache_restores_the_finished_runs_from_the_results_json(uninterr
     assert bench_healing.train_run("oneshot-20", bench) == results["oneshot-20"]  # read back, not trained again
     assert not (fresh / "oneshot-20" / "trainer").exists()
     assert bench_healing.restore_finished(tmp_path / "healing.json", fresh, SETTING) == []  # nothing left to restore
+
+
+def test_a_variant_recipe_is_tabled_against_its_own_dense_reference(uninterrupted, tmp_path, monkeypatch):
+    cache, _ = uninterrupted
+    args = SimpleNamespace(layers=2, window=16, eval_windows=4, train_windows=24, calib_windows=2)
+    finished = bench_healing.finished_runs(cache, SETTING)
+    monkeypatch.setattr(make_tables, "RESULTS", tmp_path)
+    bench_healing.write_results(finished, bench_healing.describe(args, RECIPE), tmp_path, "main-cmd", 1)
+    assert "No other recipe recorded" in make_tables.healing_variants()
+    other = bench_healing.Recipe(steps=4, eval_every=2, learning_rate=2e-3, warmup_steps=1)
+    variant = {name: {**run, "command": "variant-cmd"} for name, run in finished.items()}
+    variant["oneshot-20"] = {**variant["oneshot-20"], "final_perplexity": 1.1 * finished["dense"]["final_perplexity"]}
+    (tmp_path / "healing-lr").mkdir()
+    bench_healing.write_results(variant, bench_healing.describe(args, other), tmp_path / "healing-lr", "cmd", 1)
+    text = make_tables.healing_variants()
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| learning_rate")}
+    assert set(rows) == set(RUN_NAMES)
+    assert "| learning_rate 0.002 (main: 0.001) | oneshot-20 |" in rows["oneshot-20"]
+    assert "| x1.100 |" in rows["oneshot-20"] and rows["oneshot-20"].endswith("| x1.15 | **PASS** |")
+    main_ratio = finished["oneshot-20"]["final_perplexity"] / finished["dense"]["final_perplexity"]
+    assert f"(x{main_ratio:.3f})" in rows["oneshot-20"]
+    assert rows["dense"].endswith("| – | – |") and "`healing-lr/healing.json`: `variant-cmd`" in text
