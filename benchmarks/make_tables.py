@@ -773,10 +773,18 @@ def healing_summary_rows() -> list[list[str]]:
     verdict = "met" if all(t["pass"] for t in targets) else "targets " + goals + " missed"
     gradual = "".join(f"; gradual pruning ({g['gradual']}) x{g['gradual_perplexity'] / targets[0]['dense_reference']:.2f}"
                       for g in d["gradual_vs_oneshot"])
+    variants, files = "", ["`healing.json`"]
+    for path in sorted(RESULTS.glob("healing-*/healing.json")):
+        v = json.loads(path.read_text())
+        if v["targets"]:
+            change = recipe_change(d["setup"]["recipe"], v["setup"]["recipe"]).replace(" (main: ", " (not ")
+            variants += (f"; with {change}: " + " / ".join(f"{t['run']} x{t['ratio']:.2f}" for t in v["targets"])
+                         + " of its own dense reference")
+            files.append(f"`{path.relative_to(RESULTS)}`")
     steps, per_step = d["setup"]["recipe"]["steps"], d["setup"]["recipe"]["windows_per_step"] * d["setup"]["window"]
     return [[f"SmolLM2-135M, {shares} of layer parameters removed, then healed by distillation ({steps} steps of "
              f"{per_step:,} tokens)", f"perplexity {measured} of the dense model trained the same way ({verdict})"
-             f"{gradual}", "`healing.json`"]]
+             f"{gradual}{variants}", ", ".join(files)]]
 
 
 def serving_summary_rows() -> list[list[str]]:

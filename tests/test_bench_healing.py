@@ -161,3 +161,6 @@ def test_a_variant_recipe_is_tabled_against_its_own_dense_reference(uninterrupte
     main_ratio = finished["oneshot-20"]["final_perplexity"] / finished["dense"]["final_perplexity"]
     assert f"(x{main_ratio:.3f})" in rows["oneshot-20"]
     assert rows["dense"].endswith("| – | – |") and "`healing-lr/healing.json`: `variant-cmd`" in text
+    [[_, result, data]] = make_tables.healing_summary_rows()
+    assert "with learning_rate 0.002 (not 0.001): oneshot-20 x1.10 of its own dense reference" in result
+    assert data == "`healing.json`, `healing-lr/healing.json`"
