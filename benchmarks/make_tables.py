@@ -694,19 +694,25 @@ def run_commands(d: dict) -> str:
     return ", ".join(f"`{c}`" for c in commands)
 
 
-def recipe_change(base: dict, other: dict) -> str:
-    """The recipe fields where `other` differs from `base`, in words: 'learning_rate 0.0002 (main: 5e-05)'."""
+def healing_variant_files() -> list[Path]:
+    """results/healing-<variant>/healing.json: bench_healing.py rerun with another recipe (`--results`)."""
+    return sorted(RESULTS.glob("healing-*/healing.json"))
+
+
+def recipe_change(base: dict, other: dict, was: str = "main: ") -> str:
+    """The recipe fields where `other` differs from `base`, in words: 'learning_rate 0.0002 (main: 5e-05)'; `was`
+    precedes the base's value ('not ' gives 'learning_rate 0.0002 (not 5e-05)')."""
     def text(value):
         return f"{value:g}" if isinstance(value, float) else str(value)
 
-    changed = [f"{k} {text(other[k])} (main: {text(base.get(k))})" for k in other if other[k] != base.get(k)]
+    changed = [f"{k} {text(other[k])} ({was}{text(base.get(k))})" for k in other if other[k] != base.get(k)]
     return ", ".join(changed) or "same recipe"
 
 
 def healing_variants() -> str:
     """benchmarks/results/healing-<variant>/healing.json: the healing benchmark rerun with another recipe (its own
     dense reference), next to the main recipe's runs."""
-    files = sorted(RESULTS.glob("healing-*/healing.json"))
+    files = healing_variant_files()
     if not files or not (RESULTS / "healing.json").exists():
         return ("No other recipe recorded: `.venv/bin/python benchmarks/bench_healing.py --learning-rate LR --cache "
                 "benchmarks/cache/NAME --results benchmarks/results/healing-NAME` reruns the benchmark with another "
@@ -774,10 +780,10 @@ def healing_summary_rows() -> list[list[str]]:
     gradual = "".join(f"; gradual pruning ({g['gradual']}) x{g['gradual_perplexity'] / targets[0]['dense_reference']:.2f}"
                       for g in d["gradual_vs_oneshot"])
     variants, files = "", ["`healing.json`"]
-    for path in sorted(RESULTS.glob("healing-*/healing.json")):
+    for path in healing_variant_files():
         v = json.loads(path.read_text())
         if v["targets"]:
-            change = recipe_change(d["setup"]["recipe"], v["setup"]["recipe"]).replace(" (main: ", " (not ")
+            change = recipe_change(d["setup"]["recipe"], v["setup"]["recipe"], was="not ")
             variants += (f"; with {change}: " + " / ".join(f"{t['run']} x{t['ratio']:.2f}" for t in v["targets"])
                          + " of its own dense reference")
             files.append(f"`{path.relative_to(RESULTS)}`")
