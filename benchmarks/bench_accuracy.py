@@ -18,7 +18,9 @@ Modes.
 - ``fine-tuned``: `HeadPruningCallback(flops_reduction=r, importance=...)` inside `DistillationTrainer`
   (teacher: the dense fine-tuned model), at most one epoch, from the dense fine-tuned model. l2, activation and
   random remove the fraction r of heads and neurons from every layer instead (as retrain-free); activation scores
-  on calibration slice 0; random draws with the training seed.
+  on calibration slice 0; random draws with the training seed. Methods with ``+weights`` (e.g.
+  ``fisher+weights+reselect+1epoch``) prune first, retrain-free as above on calibration slice = the training
+  seed, then fine-tune the smaller model with the same trainer and no callback (prune, then fine-tune).
 
 FLOPs: `hf_prune.count_flops` (transformer layers only) at seq_len 64. Reported `flops_reduction` is the
 nominal budget; `flops_reduction_actual` the measured one of the pruned model.
@@ -199,6 +201,20 @@ def plan_for(method, scores, model, reduction, opts):
                               scope=opts.get("scope", "layer"))
 
 
+def pruned_copy(dense, scores, calib, method, reduction, opts):
+    """A copy of `dense` pruned to `reduction` retrain-free: plan from `scores`, then recovery on `calib` (unit
+    scales, or with +weights re-solved weights; +reselect re-chooses each layer's units first)."""
+    model = copy.deepcopy(dense)
+    plan = plan_for(method, scores, model, reduction, opts)
+    if opts.get("reselect"):  # = tune_masks(..., "weights") on the re-chosen plan
+        moments = calibration_moments(dense, calib)
+        plan = reselect_units(dense, plan, moments)
+        apply_mask_tuning(model, plan, moments, reconstruct="weights")
+    else:
+        tune_masks(model, plan, calib, reconstruct=opts.get("reconstruct", "scales"))
+    return model
+
+
 def retrain_free(args, dense, train, val_b, runs, save):
     dense_flops = count_flops(dense, seq_len=SEQ_LEN)
     for name in args.methods:
@@ -214,15 +230,8 @@ def retrain_free(args, dense, train, val_b, runs, save):
                                         progress=False)
             t_score = time.time() - t0
             for r in tqdm(todo, desc=f"{name} slice {rep}"):
-                model = copy.deepcopy(dense)
-                plan = plan_for(method, scores, model, r, opts)
                 t1 = time.time()
-                if opts.get("reselect"):  # = tune_masks(..., "weights") on the re-chosen plan
-                    moments = calibration_moments(dense, calib)
-                    plan = reselect_units(dense, plan, moments)
-                    apply_mask_tuning(model, plan, moments, reconstruct="weights")
-                else:
-                    tune_masks(model, plan, calib, reconstruct=opts.get("reconstruct", "scales"))
+                model = pruned_copy(dense, scores, calib, method, r, opts)
                 t_tune = time.time() - t1
                 acc = accuracy(model, val_b)
                 flops = count_flops(model, seq_len=SEQ_LEN)
@@ -258,20 +267,30 @@ def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
                 key = run_key(method, "fine-tuned", r, seed)
                 if key in runs:
                     continue
-                model = copy.deepcopy(dense).train()
                 steps = args.ft_steps
-                importance = base_method(method)[0]
-                callback = HeadPruningCallback(
-                    **fine_tuned_budget(importance, r), importance=importance, start_step=args.ft_start,
-                    end_step=args.ft_end, num_events=args.ft_events, schedule="cubic", seq_len=SEQ_LEN, seed=seed,
-                    calibration_dataloader=batches(train[:args.calib_size], 32) if importance in DATA_METHODS else None)
+                importance, opts = base_method(method)
+                extra = {}
+                if opts.get("reconstruct"):  # prune first (retrain-free on slice `seed`), then fine-tune the result
+                    calib = batches(train[seed * args.calib_size:(seed + 1) * args.calib_size], 32)
+                    scores = compute_importance(dense, calib, method=importance, seed=seed, progress=False)
+                    model = pruned_copy(dense, scores, calib, importance, r, opts).train()
+                    extra["accuracy_before_training"] = accuracy(model, val_b)
+                    model.train()
+                    callbacks = []
+                else:  # prune gradually during training
+                    model = copy.deepcopy(dense).train()
+                    callbacks = [HeadPruningCallback(
+                        **fine_tuned_budget(importance, r), importance=importance, start_step=args.ft_start,
+                        end_step=args.ft_end, num_events=args.ft_events, schedule="cubic", seq_len=SEQ_LEN,
+                        seed=seed, calibration_dataloader=batches(train[:args.calib_size], 32)
+                        if importance in DATA_METHODS else None)]
                 targs = TrainingArguments(
                     output_dir=str(args.cache / "ft-work"), max_steps=steps, per_device_train_batch_size=32,
                     learning_rate=args.ft_lr, warmup_steps=10, lr_scheduler_type="linear", weight_decay=0.01,
                     logging_steps=50, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
                     disable_tqdm=False)
                 trainer = DistillationTrainer(
-                    model=model, args=targs, train_dataset=train_ds, data_collator=collator, callbacks=[callback],
+                    model=model, args=targs, train_dataset=train_ds, data_collator=collator, callbacks=callbacks,
                     teacher=copy.deepcopy(dense), alpha=args.ft_alpha, temperature=2.0)
                 t0 = time.time()
                 trainer.train()
@@ -283,7 +302,7 @@ def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
                     "flops_reduction_actual": 1 - flops / dense_flops, "steps": steps,
                     "epochs": steps * 32 / len(train), "distill_alpha": args.ft_alpha,
                     "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
-                    "seconds_training": time.time() - t0,
+                    "seconds_training": time.time() - t0, "lr": args.ft_lr, **extra,
                 }
                 tqdm.write(f"fine-tuned {method} r={r:.1f} seed={seed}: acc {acc:.4f} (FLOPs -{1 - flops / dense_flops:.3f})")
                 save()

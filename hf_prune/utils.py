@@ -82,10 +82,15 @@ def all_reduce(tensors: list[torch.Tensor], bucket_numel: int = BUCKET_NUMEL) ->
 # ----------------------------------------------------------------------------- batches and model state
 
 
-def prepare_batch(batch, device: torch.device) -> dict:
-    """A batch dict with its tensors on `device`; a `label` key is renamed `labels` (datasets' habit)."""
+def check_batch(batch) -> None:
+    """A batch must be a dict of tensors: anything else -> TypeError naming what was given."""
     if not isinstance(batch, Mapping):
         raise TypeError(f"batches must be dicts of tensors (input_ids, attention_mask, labels, ...), got {type(batch).__name__}")
+
+
+def prepare_batch(batch, device: torch.device) -> dict:
+    """A batch dict with its tensors on `device`; a `label` key is renamed `labels` (datasets' habit)."""
+    check_batch(batch)
     out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     if "label" in out and "labels" not in out:
         out["labels"] = out.pop("label")

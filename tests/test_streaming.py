@@ -224,6 +224,27 @@ def test_the_pipeline_resumes_with_its_saved_plan(tmp_path):
         prune_retrain_free(copy.deepcopy(model), data, config.replace(ffn_sparsity=0.2), checkpoint_dir=tmp_path)
 
 
+def test_the_calibration_data_is_hashed_only_for_a_checkpoint(tmp_path, monkeypatch):
+    from hf_prune.pipeline import retrain_free
+
+    hashed = []
+    real = retrain_free._data_digest
+    monkeypatch.setattr(retrain_free, "_data_digest", lambda batches: hashed.append(1) or real(batches))
+    config = PruningConfig(head_sparsity=0.25, ffn_sparsity=0.4, importance="l2")
+    prune_retrain_free(make_model("bert"), _batches(), config)
+    assert hashed == []  # nothing to fingerprint without a checkpoint
+    prune_retrain_free(make_model("bert"), _batches(), config, checkpoint_dir=tmp_path)
+    assert hashed == [1]
+
+
+def test_a_batch_that_is_not_a_dict_is_refused_before_anything_changes():
+    model = make_model("bert")
+    before = _state(model)
+    with pytest.raises(TypeError, match="dicts of tensors.*got list"):
+        prune_retrain_free(model, [list(_batches(1)[0].values())], PruningConfig(head_sparsity=0.5))
+    _assert_unchanged(model, before)
+
+
 # ----------------------------------------------------------------------------- the pipeline
 
 

@@ -33,7 +33,7 @@ from ..planning.plan import PruningPlan
 from ..recovery.moments import MomentCollector
 from ..recovery.streaming import StreamingResult, model_digest, stream_recover
 from ..training.config import PruningConfig
-from ..utils import batch_rows, is_main_process, prepare_batch
+from ..utils import batch_rows, check_batch, is_main_process, prepare_batch
 
 
 def make_plan(scores, model: nn.Module, config: PruningConfig, latency_table=None) -> PruningPlan:
@@ -108,19 +108,27 @@ class RetrainFreeResult:
                 "streaming": self.streaming.to_dict() if self.streaming is not None else None}
 
 
-def _data_digest(batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[str, int, int]:
-    """(sha256 of the batches' tensors, number of batches, number of samples)."""
-    h, n, rows = hashlib.sha256(), 0, 0
+def _count_batches(batches: Iterable[Mapping[str, torch.Tensor]]) -> tuple[int, int]:
+    """(number of batches, number of samples), without copying a tensor; a batch that is not a dict -> TypeError."""
+    n = rows = 0
+    for batch in batches:
+        check_batch(batch)
+        rows += batch_rows(batch)
+        n += 1
+    return n, rows
+
+
+def _data_digest(batches: Iterable[Mapping[str, torch.Tensor]]) -> str:
+    """sha256 of the batches' tensors (a checkpoint's fingerprint: resuming on other data starts over)."""
+    h = hashlib.sha256()
     for batch in batches:
         batch = prepare_batch(batch, torch.device("cpu"))
-        rows += batch_rows(batch)
         for key in sorted(batch):
             value = batch[key]
             if isinstance(value, torch.Tensor):
                 h.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
                 h.update(value.contiguous().view(torch.uint8).numpy().tobytes())
-        n += 1
-    return h.hexdigest(), n, rows
+    return h.hexdigest()
 
 
 def _check_batches(batches) -> None:
@@ -197,7 +205,7 @@ def prune_retrain_free(
         config.layers_to_remove(dense_layer_count(model))  # removing every layer -> ValueError
     seconds: dict = {}
     start = time.perf_counter()
-    digest, n_batches, n_rows = _data_digest(calibration_batches)
+    n_batches, n_rows = _count_batches(calibration_batches)
     if n_batches == 0:
         raise ValueError("the calibration dataloader is empty: retrain-free pruning needs at least one batch")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -213,7 +221,8 @@ def prune_retrain_free(
     plan = None
     fingerprint = None
     if folder is not None:
-        fingerprint = hashlib.sha256(json.dumps({"model": model_digest(model), "data": digest, "seed": seed,
+        fingerprint = hashlib.sha256(json.dumps({"model": model_digest(model), "data": _data_digest(calibration_batches),
+                                                 "seed": seed,
                                                  "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()
         plan = _plan_from_checkpoint(folder, fingerprint)
     t = time.perf_counter()
@@ -275,7 +284,7 @@ def _retrain_free_stacks(model: nn.Module, batches, config: PruningConfig, *, mo
         raise ValueError("the config removes nothing: set a target (flops_reduction, params_reduction, head_sparsity / "
                          "ffn_sparsity)")
     seconds, start = {}, time.perf_counter()
-    _, _, n_rows = _data_digest(batches)
+    _, n_rows = _count_batches(batches)
     with (MomentCollector(FlatView(model)) if config.mask_tuning else nullcontext()) as collector:
         scores = compute_importance(model, batches, method=config.importance, label_free=config.label_free, seed=seed)
     seconds["scoring_s"] = time.perf_counter() - start
