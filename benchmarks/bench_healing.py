@@ -22,8 +22,10 @@ decay, gradient norm clipped at 1), loss 0.5 x LM loss + 0.5 x T^2 KL(teacher ||
 distillation defaults), seed 0. Targets: the final perplexity of ``oneshot-20`` within x1.15 of ``dense``'s, of
 ``oneshot-30`` within x1.30.
 
-Resuming: every run lives in `<cache>/healing/<run>/`: the pruned starting model of a one-shot run (`save_pruned`,
-reloaded with `load_pruned`, so a rerun never prunes again), the Trainer's checkpoint (every `--eval-every` steps,
+Resuming: the pruned starting model of a one-shot run lives in `--starts` (default `benchmarks/cache/healing-starts/`,
+`save_pruned`, reloaded with `load_pruned`), keyed by what pruning depends on (budget, windows, calibration, seed),
+not by the healing recipe: neither a rerun nor a recipe variant (`--learning-rate`, another `--cache`) prunes again.
+Every run lives in `<cache>/healing/<run>/`: the Trainer's checkpoint (every `--eval-every` steps,
 only the last one kept; a checkpoint whose trainer_state.json is missing or unreadable was cut short and is removed),
 `progress.json` (the perplexity history so far) and, once the run is done, `result.json`, which is its cache: a
 finished run is never recomputed (its checkpoint, about 1.6 GB, is deleted then; a fresh checkout, without the
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -115,6 +118,15 @@ class Bench:
     cache: Path  # runs live in cache/<run>/
     setting: dict  # what a cached run must have been run with
     progress_bars: bool = True
+    starts: Path | None = None  # pruned starting models, shared by recipes (None: cache/starts)
+
+    def start_folder(self, fraction: float) -> tuple[Path, dict]:
+        """Where the one-shot start at `fraction` lives, and the settings it depends on: everything but the
+        healing recipe (its seed excepted), so a recipe variant reuses the start instead of pruning again."""
+        setting = {**{k: v for k, v in self.setting.items() if k != "recipe"}, "seed": self.recipe.seed,
+                   "params_reduction": fraction}
+        key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:12]
+        return (self.starts or self.cache / "starts") / f"oneshot-{round(100 * fraction)}-{key}", setting
 
 
 def parse_run(name: str) -> tuple[str, float]:
@@ -252,15 +264,17 @@ class StopAt(TrainerCallback):
         return control
 
 
-def prune_oneshot(bench: Bench, fraction: float, folder: Path) -> dict:
+def prune_oneshot(bench: Bench, fraction: float) -> tuple[dict, Path]:
     """Prune a copy of the dense model as `hf-prune-lm` does retrain-free (its best-method defaults), save it in
-    `folder`/pruned and its record in `folder`/pruned.json; returns the record (the cached one when there is one)."""
+    its start folder (`Bench.start_folder`) with its record; (the record, the saved model's folder), the cached
+    ones when the start exists."""
     from hf_prune.cli.lm import LMJob, retrain_free
 
+    folder, setting = bench.start_folder(fraction)
     record_path = folder / "pruned.json"
-    record = checked(read_json(record_path), bench.setting, record_path)
+    record = checked(read_json(record_path), setting, record_path)
     if record is not None:
-        return record
+        return record, folder / "pruned"
     window = bench.train_windows.shape[1]
     config = PruningConfig(params_reduction=fraction, importance="fisher", retrain_free=True,
                            calibration_samples=sum(len(b["input_ids"]) for b in bench.calibration),
@@ -273,12 +287,12 @@ def prune_oneshot(bench: Bench, fraction: float, folder: Path) -> dict:
     seconds = time.perf_counter() - start
     save_pruned(model, folder / "pruned", overwrite=True)
     shapes = layer_shapes(model)
-    record = {"setting": bench.setting, "seconds": seconds, "config": config.to_dict(),
+    record = {"setting": setting, "seconds": seconds, "config": config.to_dict(),
               "params_removed_actual": removed_fraction(bench.dense, model),
               "heads": [s.heads for s in shapes], "ffn": [s.ffn for s in shapes],
               **{k: pruning[k] for k in ("reselected", "recovery", "recovery_inputs", "removed_layers", "stages_s")}}
-    atomic_write_json(record_path, record)
-    return record
+    atomic_write_json(record_path, record)  # last: a start without its record is pruned again
+    return record, folder / "pruned"
 
 
 def removed_fraction(dense, model) -> float:
@@ -317,10 +331,10 @@ def train_run(name: str, bench: Bench, stop_after: int | None = None, command: s
     recipe = bench.recipe
     training_args = recipe.training_arguments(folder / "trainer", bench.progress_bars)
     if kind == "oneshot":
-        pruning = prune_oneshot(bench, fraction, folder)
+        pruning, start = prune_oneshot(bench, fraction)
         from transformers import AutoModelForCausalLM
 
-        model = load_pruned(folder / "pruned", model_class=AutoModelForCausalLM)
+        model = load_pruned(start, model_class=AutoModelForCausalLM)
     else:
         model = copy.deepcopy(bench.dense)
     model.requires_grad_(True)  # the teacher (bench.dense) is frozen; its copies are not
@@ -446,7 +460,7 @@ def load_bench(args, recipe: Recipe, setting: dict) -> Bench:
     calibration = as_batches(train[: args.calib_windows], 4)
     print(f"{len(train)} training windows, {args.eval_windows} test windows of {args.window} tokens; "
           f"{args.calib_windows} calibration windows; threads {torch.get_num_threads()}", flush=True)
-    return Bench(dense, train, eval_b, calibration, recipe, args.cache / "healing", setting)
+    return Bench(dense, train, eval_b, calibration, recipe, args.cache / "healing", setting, starts=args.starts)
 
 
 def describe(args, recipe: Recipe) -> dict:
@@ -494,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation once a run reaches this step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=HERE / "cache")
+    p.add_argument("--starts", type=Path, default=None,
+                   help="pruned starting models, shared by recipes (default: benchmarks/cache/healing-starts; "
+                        "--quick: <cache>/quick/healing-starts)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     for name in args.runs:
@@ -505,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cache = args.results = args.cache / "quick"
         args.steps, args.eval_every, args.eval_windows, args.calib_windows, args.warmup_steps = 4, 2, 2, 1, 1
         args.window, args.layers, args.train_windows = 128, args.layers or 4, args.train_windows or 64
+    args.starts = args.starts or (args.cache if args.quick else HERE / "cache") / "healing-starts"
     torch.set_num_threads(args.threads)
     args.results.mkdir(parents=True, exist_ok=True)
     recipe = Recipe(steps=args.steps, windows_per_step=args.windows_per_step, learning_rate=args.learning_rate,

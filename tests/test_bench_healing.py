@@ -89,6 +89,26 @@ def test_a_run_cached_with_other_settings_is_refused(uninterrupted):
         bench_healing.train_run("dense", make_bench(cache, {**SETTING, "window": 32}))
 
 
+def test_a_recipe_variant_heals_the_same_pruned_start_without_pruning_again(uninterrupted, tmp_path, monkeypatch):
+    cache, results = uninterrupted
+    variant = make_bench(tmp_path / "variant", {**SETTING, "recipe": "tiny at another lr"})
+    variant.starts = cache / "starts"  # the main run's starts
+    assert variant.start_folder(0.2) == make_bench(cache).start_folder(0.2)  # the recipe is not part of the key
+    other_window, _ = make_bench(cache, {**SETTING, "window": 32}).start_folder(0.2)
+    assert other_window != variant.start_folder(0.2)[0]  # pruning settings are
+
+    import hf_prune.cli.lm
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pruned again")
+
+    monkeypatch.setattr(hf_prune.cli.lm, "retrain_free", refuse)
+    healed = bench_healing.train_run("oneshot-20", variant)
+    assert healed["perplexity_start"] == pytest.approx(results["oneshot-20"]["perplexity_start"], rel=1e-6)
+    assert healed["pruning"]["heads"] == results["oneshot-20"]["pruning"]["heads"]
+    assert healed["setting"]["recipe"] == "tiny at another lr"
+
+
 def test_run_names():
     assert bench_healing.parse_run("dense") == ("dense", 0.0)
     assert bench_healing.parse_run("oneshot-30") == ("oneshot", 0.3)
