@@ -273,8 +273,8 @@ def fine_tuned(args, dense, tokenizer, train, val_b, runs, save):
                 if opts.get("reconstruct"):  # prune first (retrain-free on slice `seed`), then fine-tune the result
                     calib = batches(train[seed * args.calib_size:(seed + 1) * args.calib_size], 32)
                     scores = compute_importance(dense, calib, method=importance, seed=seed, progress=False)
-                    model = pruned_copy(dense, scores, calib, importance, r, opts).train()
-                    extra["accuracy_before_training"] = accuracy(model, val_b)
+                    model = pruned_copy(dense, scores, calib, importance, r, opts)
+                    extra["accuracy_before_training"] = accuracy(model, val_b)  # in eval mode
                     model.train()
                     callbacks = []
                 else:  # prune gradually during training

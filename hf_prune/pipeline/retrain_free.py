@@ -221,9 +221,9 @@ def prune_retrain_free(
     plan = None
     fingerprint = None
     if folder is not None:
-        fingerprint = hashlib.sha256(json.dumps({"model": model_digest(model), "data": _data_digest(calibration_batches),
-                                                 "seed": seed,
-                                                 "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()
+        identity = {"model": model_digest(model), "data": _data_digest(calibration_batches), "seed": seed,
+                    "config": config.to_dict()}
+        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         plan = _plan_from_checkpoint(folder, fingerprint)
     t = time.perf_counter()
     if plan is None:
