@@ -503,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows-per-step", type=int, default=Recipe.windows_per_step)
     p.add_argument("--learning-rate", type=float, default=Recipe.learning_rate)
     p.add_argument("--warmup-steps", type=int, default=Recipe.warmup_steps)
+    p.add_argument("--distill-alpha", type=float, default=Recipe.distill_alpha,
+                   help="weight of the distillation loss (0: the LM loss alone, no teacher forward)")
     p.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all; --quick: 4)")
     p.add_argument("--train-windows", type=int, default=0, help="first N training windows only (0: all)")
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation once a run reaches this step")
@@ -526,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.results.mkdir(parents=True, exist_ok=True)
     recipe = Recipe(steps=args.steps, windows_per_step=args.windows_per_step, learning_rate=args.learning_rate,
-                    warmup_steps=args.warmup_steps, eval_every=args.eval_every)
+                    warmup_steps=args.warmup_steps, eval_every=args.eval_every, distill_alpha=args.distill_alpha)
     setup = describe(args, recipe)
     setting = {"recipe": setup["recipe"], "window": args.window, "eval_windows": args.eval_windows,
                "calibration_windows": args.calib_windows, "layers": args.layers, "train_windows": args.train_windows}

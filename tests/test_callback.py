@@ -184,6 +184,24 @@ def test_distillation_trainer_prunes_and_learns_from_the_teacher(tmp_path):
         DistillationTrainer(model=make_model("bert"), args=args, alpha=2.0)
 
 
+def test_distillation_at_alpha_zero_is_the_task_loss_without_a_teacher_forward(tmp_path):
+    from hf_prune.training.distillation import DistillationTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    model = make_model("bert").eval()
+    batch = {k: torch.stack([Toy()[i][k] for i in range(8)]) for k in ("input_ids", "attention_mask", "labels")}
+    calls = []
+    for alpha in (0.0, 0.5):
+        trainer = DistillationTrainer(model=model, args=args, alpha=alpha, teacher=make_model("bert", seed=1).eval())
+        trainer.teacher.register_forward_hook(lambda *_, alpha=alpha: calls.append(alpha))
+        loss = trainer.compute_loss(model, dict(batch))
+        if alpha == 0.0:
+            assert torch.equal(loss, model(**batch).loss) and calls == []
+        else:
+            assert not torch.allclose(loss, model(**batch).loss) and calls == [0.5]
+
+
 def test_two_process_ddp_run_ends_with_identical_shapes(tmp_path):
     import os
     import subprocess

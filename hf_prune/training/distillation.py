@@ -49,6 +49,8 @@ class DistillationTrainer(PruningLogMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.alpha == 0.0:  # the task loss alone: no teacher forward
+            return (loss, outputs) if return_outputs else loss
         with torch.no_grad():
             teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         mask = inputs.get("attention_mask") if outputs.logits.dim() == 3 else None
