@@ -200,6 +200,9 @@ def test_distillation_at_alpha_zero_is_the_task_loss_without_a_teacher_forward(t
             assert torch.equal(loss, model(**batch).loss) and calls == []
         else:
             assert not torch.allclose(loss, model(**batch).loss) and calls == [0.5]
+    no_teacher = DistillationTrainer(model=model, args=args, alpha=0.0)
+    assert no_teacher.teacher is None  # no copy of the model is made when it would never run
+    assert torch.equal(no_teacher.compute_loss(model, dict(batch)), model(**batch).loss)
 
 
 def test_two_process_ddp_run_ends_with_identical_shapes(tmp_path):

@@ -43,8 +43,9 @@ class DistillationTrainer(PruningLogMixin, Trainer):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         super().__init__(*args, **kwargs)
-        teacher = teacher if teacher is not None else copy.deepcopy(self.model)
-        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        if teacher is None and alpha > 0.0:  # at alpha 0 no teacher runs, so none is copied
+            teacher = copy.deepcopy(self.model)
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
         self.alpha, self.temperature = alpha, temperature
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
