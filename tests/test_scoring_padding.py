@@ -1,4 +1,4 @@
-"""Gradient scoring runs a padded batch as length-sorted pieces (hf_prune/importance/padding.py): the same scores,
+"""Data-driven scoring runs a padded batch as length-sorted pieces (hf_prune/importance/padding.py): the same scores,
 fewer padded tokens, and only where that is exact."""
 
 import pytest
@@ -75,7 +75,7 @@ def _counting_forwards(model):
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "deberta-v2"])
-@pytest.mark.parametrize("method", ["fisher", "gradient"])
+@pytest.mark.parametrize("method", ["fisher", "gradient", "taylor", "activation"])
 def test_scores_from_pieces_equal_the_whole_batches(family, method, monkeypatch):
     model = make_model(family)
     data = [right_padded(seed=s) for s in range(3)]

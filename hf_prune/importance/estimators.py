@@ -6,13 +6,15 @@ A new estimator is one function here and one line in `ESTIMATORS`.
 
 - ``gradient``: mean over batches of |dL/dg| for a gate g multiplying the unit's output (Michel et al. 2019).
 - ``fisher``: sum over batches of (dL/dg)^2 (Kwon et al. 2022).
-  (Both take each batch's dL/dg from length-sorted pieces with less padding where that is exact: `padding.py`.)
 - ``taylor``: |sum over the unit's weights of w * dL/dw| with dL/dw summed over all batches (first-order
   Taylor, as TextPruner), accumulated per unit from activations (see `taylor_scores`).
 - ``l1`` / ``l2``: L1 / L2 norm of the unit's weights (no data needed).
 - ``activation``: mean over (non-padding) tokens of the unit's output magnitude: the L2 norm of the head's
   context vector (its ``head_dim`` slice of the output projection's input), or |activation| of the neuron.
 - ``random``: uniform random scores from a seeded generator (a baseline; no data needed).
+
+The data-driven estimators run each batch as length-sorted pieces with less padding where that gives the same
+sums exactly (`batch_pieces`, `padding.py`).
 """
 
 from __future__ import annotations
@@ -159,16 +161,22 @@ def _reduced(heads: list[torch.Tensor], neurons: list[torch.Tensor], extra: list
 # ----------------------------------------------------------------------------- estimators
 
 
+def batch_pieces(run: ScoringRun, batch: dict) -> list[tuple[dict, float]]:
+    """[(piece, weight)]: the batch as length-sorted pieces whose weighted losses sum to its loss (padding.py), or
+    [(batch, 1.0)] where that is not exact (label-free losses over tokens, several layer stacks, left padding)."""
+    split = not run.label_free and isinstance(run.model, nn.Module) and get_stacks(run.model) is None
+    return split_by_length(batch) if split else [(batch, 1.0)]
+
+
 def _gate_gradients(run: ScoringRun, transform: Callable[[torch.Tensor], torch.Tensor]):
     """Sum over batches of transform(dL/dg) for every gate; sums stay on each gate's device until the end."""
     n_batches = 0
     with frozen_except(run.model, []), attach_gates(run.model, requires_grad=True) as gates:
         wrt = gates.heads + gates.neurons
         sums = [torch.zeros_like(g, dtype=torch.float64 if g.device.type != "mps" else torch.float32) for g in wrt]
-        split = not run.label_free and isinstance(run.model, nn.Module) and get_stacks(run.model) is None
         for batch in run.iterate():
             grads: list = [None] * len(wrt)  # the batch's dL/dg, summed over its pieces
-            for piece, weight in (split_by_length(batch) if split else [(batch, 1.0)]):
+            for piece, weight in batch_pieces(run, batch):
                 loss = model_loss(run.model, piece, run.label_free)
                 for k, g in enumerate(torch.autograd.grad(loss * weight if weight != 1.0 else loss, wrt,
                                                           allow_unused=True)):
@@ -250,15 +258,18 @@ def taylor_scores(run: ScoringRun) -> Scores:
                 handles.append(get_submodule(layer, cols[kind]).register_forward_pre_hook(cols_hook(kind, i, units)))
         with frozen_except(run.model, []):
             for batch in run.iterate():
-                captured.clear()
-                loss = model_loss(run.model, batch, run.label_free)
-                tensors = [c[-1] for c in captured]
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True) if tensors else []
-                for (kind, i, units, rows, t), g in zip(captured, grads):
-                    if g is not None:  # signed per-unit sums on the layer's device; abs after all batches and processes
-                        term = _unit_terms(t.detach(), g, units, rows)
-                        sums[kind][i] = term if sums[kind][i] is None else sums[kind][i] + term.to(sums[kind][i].device)
-                captured.clear()
+                for piece, weight in batch_pieces(run, batch):  # weighted pieces: the batch's signed sums
+                    captured.clear()
+                    loss = model_loss(run.model, piece, run.label_free)
+                    loss = loss * weight if weight != 1.0 else loss
+                    tensors = [c[-1] for c in captured]
+                    grads = torch.autograd.grad(loss, tensors, allow_unused=True) if tensors else []
+                    for (kind, i, units, rows, t), g in zip(captured, grads):
+                        if g is not None:  # signed per-unit sums on the layer's device; abs after every batch
+                            term = _unit_terms(t.detach(), g, units, rows)
+                            sums[kind][i] = term if sums[kind][i] is None else \
+                                sums[kind][i] + term.to(sums[kind][i].device)
+                    captured.clear()
                 n_batches += 1
     finally:
         for handle in handles:
@@ -294,9 +305,10 @@ def activation_scores(run: ScoringRun) -> Scores:
     n_batches = 0
     with eval_mode(run.model), torch.no_grad(), attach_gates(run.model, requires_grad=False, observer=observe):
         for batch in run.iterate():
-            current.clear()
-            current.update(batch)
-            run.model(**{k: v for k, v in batch.items() if k != "labels"})
+            for piece, _ in batch_pieces(run, batch):  # sums and token counts: pieces add up to the batch
+                current.clear()
+                current.update(piece)
+                run.model(**{k: v for k, v in piece.items() if k != "labels"})
             n_batches += 1
 
     def host(values: list, sizes: list[torch.Tensor]) -> list[torch.Tensor]:  # a layer never observed sums to 0

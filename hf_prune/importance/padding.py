@@ -1,12 +1,13 @@
-"""Less padding in gradient scoring: a batch runs as length-sorted pieces whose gradients sum to the batch's.
+"""Less padding in scoring: a batch runs as length-sorted pieces whose weighted gradients sum to the batch's.
 
 A batch of sentences is padded to its longest one; short and long sentences together waste much of the forward
 and backward pass on padding (MiniLM's movie reviews: 13,504 padded tokens for 7,333 real ones). For a loss that is
 the mean over the batch's samples (sequence classification and regression: `labels` of shape (B,)), the batch's
 gradient is the sum over any split of the samples of (samples in the piece / samples in the batch) x the piece's
-gradient, so `gate_gradients` gets exactly the batch's dL/dg (up to float rounding) from pieces of similar
-lengths, each cut to its own longest sentence. The estimators keep their definitions (squares and absolute values
-are taken of the whole batch's gradient).
+gradient, so the gradient estimators get exactly the batch's dL/dg (fisher, gradient) or sum of y * dL/dy (taylor)
+up to float rounding from pieces of similar lengths, each cut to its own longest sentence; activation scoring adds
+the pieces' per-token sums and counts. The estimators keep their definitions (squares and absolute values are taken
+of the whole batch's gradient).
 
 Only batches where this is exact are split: right padding (no real token after a padding one, so every kept
 token keeps its position), `labels` with one entry per sample, every tensor with one row per sample, and a model
