@@ -558,7 +558,7 @@ def recovery() -> str:
     methods = {r["method"] for r in rows}
     default = "hf_prune-fisher+weights+reselect"  # hf_prune's default retrain-free method (the command lines')
     ours = default if default in methods else "hf_prune-fisher+weights"
-    other = [m for m in ("hf_prune-fisher+weights", default) if m in methods and m != ours]
+    other = [m for m in ("hf_prune-fisher+weights", default, "hf_prune-fisher") if m in methods and m != ours]
     peers = [r for r in rows if r["mode"] == "recovery-100-steps" and not r["method"].startswith("hf_prune")]
     best = max(peers, key=lambda r: r["metric"])
     floor = dense - 0.005
