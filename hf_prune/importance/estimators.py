@@ -14,7 +14,7 @@ A new estimator is one function here and one line in `ESTIMATORS`.
 - ``random``: uniform random scores from a seeded generator (a baseline; no data needed).
 
 The data-driven estimators run each batch as length-sorted pieces with less padding where that gives the same
-sums exactly (`batch_pieces`, `padding.py`).
+sums exactly (`ScoringRun.pieces`, `padding.py`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ class ScoringRun:
         that stack's own (a decoder's decoder_attention_mask; none for image patches)."""
         name = mask_name(self.model, layer)
         return batch.get(name) if name else None
+
+    def pieces(self, batch: dict) -> list[tuple[dict, float]]:
+        """[(piece, weight)]: the batch as length-sorted pieces whose weighted losses sum to its loss (padding.py),
+        or [(batch, 1.0)] where that is not exact (label-free losses over tokens, several layer stacks)."""
+        split = not self.label_free and isinstance(self.model, nn.Module) and get_stacks(self.model) is None
+        return split_by_length(batch) if split else [(batch, 1.0)]
 
     def iterate(self) -> Iterable[dict]:
         """The batches on the model's input device, behind a progress bar on the main process."""
@@ -161,13 +167,6 @@ def _reduced(heads: list[torch.Tensor], neurons: list[torch.Tensor], extra: list
 # ----------------------------------------------------------------------------- estimators
 
 
-def batch_pieces(run: ScoringRun, batch: dict) -> list[tuple[dict, float]]:
-    """[(piece, weight)]: the batch as length-sorted pieces whose weighted losses sum to its loss (padding.py), or
-    [(batch, 1.0)] where that is not exact (label-free losses over tokens, several layer stacks, left padding)."""
-    split = not run.label_free and isinstance(run.model, nn.Module) and get_stacks(run.model) is None
-    return split_by_length(batch) if split else [(batch, 1.0)]
-
-
 def _gate_gradients(run: ScoringRun, transform: Callable[[torch.Tensor], torch.Tensor]):
     """Sum over batches of transform(dL/dg) for every gate; sums stay on each gate's device until the end."""
     n_batches = 0
@@ -176,7 +175,7 @@ def _gate_gradients(run: ScoringRun, transform: Callable[[torch.Tensor], torch.T
         sums = [torch.zeros_like(g, dtype=torch.float64 if g.device.type != "mps" else torch.float32) for g in wrt]
         for batch in run.iterate():
             grads: list = [None] * len(wrt)  # the batch's dL/dg, summed over its pieces
-            for piece, weight in batch_pieces(run, batch):
+            for piece, weight in run.pieces(batch):
                 loss = model_loss(run.model, piece, run.label_free)
                 for k, g in enumerate(torch.autograd.grad(loss * weight if weight != 1.0 else loss, wrt,
                                                           allow_unused=True)):
@@ -258,7 +257,7 @@ def taylor_scores(run: ScoringRun) -> Scores:
                 handles.append(get_submodule(layer, cols[kind]).register_forward_pre_hook(cols_hook(kind, i, units)))
         with frozen_except(run.model, []):
             for batch in run.iterate():
-                for piece, weight in batch_pieces(run, batch):  # weighted pieces: the batch's signed sums
+                for piece, weight in run.pieces(batch):  # weighted pieces: the batch's signed sums
                     captured.clear()
                     loss = model_loss(run.model, piece, run.label_free)
                     loss = loss * weight if weight != 1.0 else loss
@@ -305,7 +304,7 @@ def activation_scores(run: ScoringRun) -> Scores:
     n_batches = 0
     with eval_mode(run.model), torch.no_grad(), attach_gates(run.model, requires_grad=False, observer=observe):
         for batch in run.iterate():
-            for piece, _ in batch_pieces(run, batch):  # sums and token counts: pieces add up to the batch
+            for piece, _ in run.pieces(batch):  # sums and token counts: pieces add up to the batch
                 current.clear()
                 current.update(piece)
                 run.model(**{k: v for k, v in piece.items() if k != "labels"})
